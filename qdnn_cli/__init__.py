@@ -1,0 +1,2 @@
+"""qdnn: Quantizable DNNs toolkit."""
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""Compose and validate configs (Hydra Compose API), create run directories.
+
+``conf/`` is found in a source checkout (repository root) or, for an installed wheel,
+inside the package as ``qdnn_cli/conf``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .quant.quantizers import VALID_BITS
+
+
+class ConfigError(ValueError):
+    """A wrong experiment name, override key or value."""
+
+
+def conf_dir() -> Path:
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "config.yaml").is_file():
+        return source
+    try:
+        installed = Path(str(resources.files("qdnn_cli") / "conf"))
+        if (installed / "config.yaml").is_file():
+            return installed
+    except (ModuleNotFoundError, TypeError):
+        pass
+    raise ConfigError("cannot find qdnn's conf/ folder (neither in the source tree nor in the installed package)")
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+
+def compose(experiment: str | None, overrides: list[str] | tuple = ()) -> DictConfig:
+    """Compose ``config.yaml`` + ``experiment/<experiment>.yaml`` + overrides, then validate."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value")
+    if experiment:
+        if experiment not in experiments():
+            raise ConfigError(f"unknown experiment {experiment!r}: choose one of {', '.join(experiments())}")
+        overrides = [f"experiment={experiment}"] + overrides
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_one_line(str(e))) from None
+    validate(cfg)
+    return cfg
+
+
+def _one_line(msg: str) -> str:
+    lines = [line.strip() for line in msg.strip().splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("full_key", "object_type", "Set the environment", "Traceback"))]
+    text = " ".join(keep[:2]) if keep else "invalid configuration"
+    if "Could not override" in text and "Key '" in msg:  # Hydra's wording for an unknown key
+        key = msg.split("Key '", 1)[1].split("'", 1)[0]
+        return f"unknown override key {key!r} (use +{key}=... only for keys qdnn does not define)"
+    return text
+
+
+def validate(cfg: DictConfig) -> None:
+    """Catch wrong values before any work starts; messages name the key."""
+    try:
+        bits = list(cfg.quant.bits)
+    except Exception:
+        raise ConfigError("quant.bits must be a list, e.g. quant.bits=[2,3,4,8,32]") from None
+    if not bits:
+        raise ConfigError("quant.bits is empty: give at least one bit mode, e.g. quant.bits=[2,3,4,8,32]")
+    for b in bits:
+        if isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS:
+            raise ConfigError(f"quant.bits contains {b!r}: each bit mode must be 1-8 or 32 (full precision)")
+    if len(set(bits)) != len(bits):
+        raise ConfigError(f"quant.bits has duplicates: {bits}")
+    t = cfg.trainer
+    if t.kind not in ("quantizable", "dedicated"):
+        raise ConfigError(f"trainer.kind={t.kind!r} is unknown: choose quantizable or dedicated")
+    if t.kind == "dedicated" and len(bits) != 1:
+        raise ConfigError(f"trainer.kind=dedicated trains one bit-width, but quant.bits={bits}")
+    if t.kind == "quantizable" and cfg.loss.consistency and cfg.loss.target == "fp" and 32 not in bits and len(bits) > 1:
+        raise ConfigError(f"loss.target=fp needs full precision (32) in quant.bits={bits}; add 32 or use loss.target=next")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        v = t[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"trainer.{key} must be a positive integer, got {v!r}")
+    checks = {
+        "trainer.device": (t.device, ("auto", "cpu", "cuda")),
+        "trainer.amp": (t.amp, ("none", "bf16", "fp16")),
+        "trainer.mode_sampling": (t.mode_sampling, ("all", "sandwich")),
+        "loss.target": (cfg.loss.target, ("fp", "next")),
+        "quant.weight": (cfg.quant.weight, ("dorefa", "lsq", "naive")),
+        "quant.act": (cfg.quant.act, ("dorefa", "pact", "lsq", "naive")),
+        "optim.name": (cfg.optim.name, ("sgd", "adam", "adamw")),
+        "sched.name": (cfg.sched.name, ("cosine", "step", "constant")),
+        "data.name": (cfg.data.name, ("cifar100", "cifar10", "folder", "digits", "synthetic")),
+    }
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+    f = cfg.data.get("train_fraction", 1.0)
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+        raise ConfigError(f"data.train_fraction must be in (0, 1], got {f!r}")
+    for key in ("lr",):
+        v = cfg.optim[key]
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"optim.{key} must be a positive number, got {v!r}")
+    if not isinstance(cfg.loss.temperature, (int, float)) or cfg.loss.temperature <= 0:
+        raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature!r}")
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError(f"data.root is required for data={cfg.data.name}: data.root=/path/to/tree")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        raise ConfigError(_one_line(str(e))) from None
+
+
+def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | None = None) -> Path:
+    """``out_dir`` if given, else ``<group>/<leaf>`` or ``runs/<name>/<timestamp>``."""
+    if cfg.get("out_dir"):
+        run_dir = Path(cfg.out_dir)
+    elif group is not None:
+        run_dir = Path(group) / (leaf or "run")
+    else:
+        run_dir = Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    return run_dir
+
+
+def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
+    """``config.yaml`` (resolved) and ``overrides.yaml``, written atomically."""
+    for name, text in (("config.yaml", OmegaConf.to_yaml(cfg, resolve=True)),
+                       ("overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a qdnn run directory (no config.yaml)")
+    return OmegaConf.load(path)

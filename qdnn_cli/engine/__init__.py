@@ -1,0 +1,61 @@
+"""Training engine: ``run_training`` is the one entry point every command uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import CheckpointError, atomic_save, safe_load
+from .loop import Trainer, TrainingDiverged, evaluate, mode_label
+
+# Keys that may change between an interrupted run and its resumption.
+RESUMABLE_DIFFERENCES = ("trainer.epochs", "trainer.progress", "trainer.num_threads", "trainer.log_every",
+                         "trainer.device", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
+
+
+class RunMismatch(ValueError):
+    """An existing run directory holds a run with another configuration."""
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to continue a run directory whose saved config differs in what matters."""
+    saved_path = Path(run_dir) / "config.yaml"
+    if not saved_path.exists() or not (Path(run_dir) / "checkpoint.pt").exists():
+        return
+    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    diffs = [k for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_DIFFERENCES)]
+    if diffs:
+        k = diffs[0]
+        raise RunMismatch(f"{run_dir} holds a run with {k}={old.get(k)!r}, this one has {k}={new.get(k)!r}"
+                          f"{f' (+{len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}; "
+                          "choose another out_dir")
+
+
+def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True) -> dict:
+    from ..config import save_config
+
+    check_same_run(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, console=console, resume=resume)
+    if trainer.dist.is_main:
+        save_config(cfg, Path(run_dir), list(overrides))
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.shutdown()
+
+
+__all__ = ["run_training", "Trainer", "TrainingDiverged", "CheckpointError", "RunMismatch", "evaluate",
+           "atomic_save", "safe_load", "mode_label", "check_same_run"]

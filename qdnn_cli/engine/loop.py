@@ -1,0 +1,501 @@
+"""The training engine: one loop for quantizable, dedicated and full-precision runs.
+
+Reads top to bottom: build (device, data, model, optimiser, schedule) → maybe resume →
+for each epoch: train every sampled bit mode on each batch, one optimizer step →
+evaluate every mode → write metrics, checkpoint, best → final per-mode table.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from ..data import build_data
+from ..models import build_model, load_torchvision_weights
+from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict, set_bit_mode
+from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
+from .distributed import DistContext
+from .losses import QuantizableLoss
+
+METRIC_FIELDS = ["epoch", "mode", "split", "loss", "top1", "top5", "lr", "seconds", "images_per_s",
+                 "data_time_share", "peak_mem_mb"]
+RESULT_FIELDS = ["mode", "top1", "top5", "loss", "best_top1", "epochs", "calibrated"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- building blocks
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is available (use auto or cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"trainer.device={name!r} is unknown: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def quant_spec(cfg: DictConfig) -> QuantSpec:
+    q = cfg.quant
+    return QuantSpec(tuple(int(b) for b in q.bits), q.weight, q.act, bool(q.bit_specific_bn),
+                     bool(q.quantize_first_last), bool(q.quantize_shortcut))
+
+
+def build_optimizer(model: torch.nn.Module, o: DictConfig, lr: float) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only (not BN, biases, clip levels or steps)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(o.momentum), nesterov=bool(o.nesterov))
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    raise ValueError(f"optim.name={o.name!r} is unknown: choose sgd, adam or adamw")
+
+
+def build_scheduler(opt, s: DictConfig, epochs: int):
+    warm = int(s.get("warmup_epochs", 0))
+
+    def factor(epoch: int) -> float:
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        if s.name == "cosine":
+            t = (epoch - warm) / max(1, epochs - warm)
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if s.name == "step":
+            return float(s.gamma) ** sum(epoch >= m for m in s.milestones)
+        if s.name == "constant":
+            return 1.0
+        raise ValueError(f"sched.name={s.name!r} is unknown: choose cosine, step or constant")
+
+    factor(0)  # validate the name before training starts
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) -> list[int]:
+    """``all``: every mode. ``sandwich``: highest + lowest + k random others (highest first)."""
+    if how == "all" or len(modes_desc) <= 2:
+        return list(modes_desc)
+    middle = modes_desc[1:-1]
+    picked = set(gen.sample(middle, min(k, len(middle))))
+    return [modes_desc[0]] + [m for m in middle if m in picked] + [modes_desc[-1]]
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top.eq(y[:, None])
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx: DistContext | None = None) -> dict:
+    """Top-1/top-5/loss per mode; each batch is read once and run through every mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {m: torch.zeros(4, device=device, dtype=torch.float64) for m in modes}  # loss, top1, top5, n
+    for x, y in loader:
+        for m in modes:
+            set_bit_mode(model, m)
+            with amp_ctx():
+                logits = model(x)
+            logits = logits.float()
+            c1, c5 = topk_correct(logits, y, 5)
+            s = sums[m]
+            s[0] += F.cross_entropy(logits, y, reduction="sum")
+            s[1] += c1
+            s[2] += c5
+            s[3] += y.numel()
+    out = {}
+    for m in modes:
+        s = dist_ctx.sum_tensor(sums[m]) if dist_ctx else sums[m]
+        n = max(1.0, s[3].item())
+        out[m] = {"loss": s[0].item() / n, "top1": 100 * s[1].item() / n, "top5": 100 * s[2].item() / n}
+    return out
+
+
+# ----------------------------------------------------------------------------- the trainer
+@dataclass
+class EpochStats:
+    loss: dict = field(default_factory=dict)
+    correct: dict = field(default_factory=dict)
+    correct5: dict = field(default_factory=dict)
+    seen: dict = field(default_factory=dict)
+    mode_seconds: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns one run directory. ``fit()`` trains to ``trainer.epochs`` (resuming if possible)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, console=None, resume: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.console = console
+        self.resume = resume
+        t = cfg.trainer
+        self.dist = DistContext.from_env(t.device)
+        self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if t.get("num_threads"):
+            torch.set_num_threads(int(t.num_threads))
+        self.kind = t.kind
+        self.epochs = int(t.epochs)
+        self.loss_fn = QuantizableLoss(bool(cfg.loss.consistency), cfg.loss.target, float(cfg.loss.weight),
+                                       float(cfg.loss.ce_weight), float(cfg.loss.temperature))
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
+        self.channels_last = bool(t.channels_last)
+
+    # -- setup ---------------------------------------------------------------------------
+    def amp_ctx(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def setup(self):
+        cfg, t = self.cfg, self.cfg.trainer
+        torch.manual_seed(int(cfg.seed))
+        random.seed(int(cfg.seed))
+        global_batch = int(t.batch_size)
+        if global_batch % self.dist.world:
+            raise ValueError(f"trainer.batch_size={global_batch} is not divisible by {self.dist.world} processes")
+        self.data = build_data(cfg.data, global_batch // self.dist.world, int(t.eval_batch_size), self.device,
+                               int(cfg.seed), self.channels_last, self.dist.rank, self.dist.world,
+                               int(cfg.data.get("workers", 4)))
+        self.spec = quant_spec(cfg)
+        self.model = build_model(cfg.model.name, self.spec, self.data.num_classes, self.data.in_channels,
+                                 **dict(cfg.model.get("kwargs") or {}))
+        min_size = int(cfg.model.get("min_image_size", 1))
+        if self.data.image_size < min_size:
+            raise ValueError(f"model {cfg.model.name} needs images of at least {min_size}px, "
+                             f"data has {self.data.image_size}px")
+        if cfg.model.get("torchvision_weights"):
+            state = safe_load(cfg.model.torchvision_weights)
+            load_torchvision_weights(self.model, state.get("state_dict", state))
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.dist.broadcast_model(self.model)
+        lr = float(cfg.optim.lr)
+        if cfg.optim.get("scale_lr_by_batch"):  # lr given for batch 256 (ImageNet convention)
+            lr = lr * global_batch / 256
+        self.lr = lr
+        self.optimizer = build_optimizer(self.model, cfg.optim, lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.epochs)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.modes_desc = sorted(self.spec.modes, reverse=True)
+        self.forward = self.model
+        if t.get("compile"):
+            self.forward = compile_model(self.model, len(self.modes_desc))
+        self.start_epoch, self.best = 0, -1.0
+        self.history: list[dict] = []
+
+    # -- files ---------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def write_status(self, state: str, epoch: int, message: str = "") -> None:
+        if not self.dist.is_main:
+            return
+        tmp = self.run_dir / ".status.json.tmp"
+        tmp.write_text(json.dumps({"state": state, "epoch": epoch, "epochs": self.epochs, "message": message,
+                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+        os.replace(tmp, self.run_dir / "status.json")
+
+    def _append_metrics(self, rows: list[dict]) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
+    def _trim_metrics(self, last_epoch: int) -> None:
+        """Drop rows of epochs after the checkpoint (written just before a crash)."""
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= last_epoch]
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+        self.history = rows
+
+    def checkpoint_state(self, epoch: int) -> dict:
+        return {
+            "format": "qdnn-checkpoint-1",
+            "model": quantizable_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "best": self.best,
+            "model_name": self.cfg.model.name,
+            "num_classes": self.data.num_classes,
+            "in_channels": self.data.in_channels,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def try_resume(self) -> None:
+        if not (self.resume and self.ckpt_path.exists()):
+            return
+        ck = safe_load(self.ckpt_path)
+        if ck.get("model_name") != self.cfg.model.name:
+            raise CheckpointError(f"{self.ckpt_path} is a {ck.get('model_name')} run, this config builds "
+                                  f"{self.cfg.model.name}; use another out_dir")
+        load_quantizable_state_dict(self.model, ck["model"], str(self.ckpt_path))
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.start_epoch, self.best = int(ck["epoch"]), float(ck["best"])
+        if self.dist.is_main:
+            self._trim_metrics(self.start_epoch)
+        self.log(f"resumed from {self.ckpt_path} after epoch {self.start_epoch}")
+
+    def log(self, msg: str) -> None:
+        if self.dist.is_main and self.console is not None:
+            self.console.print(msg)
+
+    # -- one step ------------------------------------------------------------------------
+    def train_step(self, x, y, modes: list[int], stats: EpochStats, time_modes: bool) -> None:
+        """All sampled modes on one batch, highest first; one optimizer step.
+
+        Each mode's backward runs right after its forward so only one graph is alive at a
+        time; gradients accumulate, which equals the backward of the summed loss.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        logits_by_mode = {}
+        for m in modes:
+            t0 = time.perf_counter() if time_modes else 0.0
+            set_bit_mode(self.model, m)
+            with self.amp_ctx():
+                logits = self.forward(x)
+            t = self.loss_fn.teacher_mode(m, modes) if self.kind == "quantizable" else None
+            loss, ce = self.loss_fn.mode_loss(logits, y, logits_by_mode.get(t), m == modes[0])
+            self.scaler.scale(loss).backward()
+            logits_by_mode[m] = logits.detach()
+            with torch.no_grad():
+                c1, c5 = topk_correct(logits.detach(), y, 5)
+                stats.loss[m] = stats.loss.get(m, 0) + ce.detach() * y.numel()
+                stats.correct[m] = stats.correct.get(m, 0) + c1
+                stats.correct5[m] = stats.correct5.get(m, 0) + c5
+                stats.seen[m] = stats.seen.get(m, 0) + y.numel()
+            if time_modes:
+                stats.mode_seconds[m] = stats.mode_seconds.get(m, 0.0) + time.perf_counter() - t0
+        self.dist.average_gradients(self.model.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict:
+        self.setup()
+        lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
+        try:
+            self.try_resume()
+            return self._fit()
+        finally:
+            if lock:
+                lock.release()
+
+    def _fit(self) -> dict:
+        t = self.cfg.trainer
+        data = self.data
+        mode_rng = random.Random()
+        time_modes = self.device.type == "cpu"
+        max_steps = t.get("max_steps_per_epoch")
+        log_every = max(1, int(t.get("log_every", 20)))
+        progress = make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main)
+        self.write_status("running", self.start_epoch)
+        last_eval = None
+        with progress:
+            for epoch in range(self.start_epoch, self.epochs):
+                data.train.set_epoch(epoch)
+                mode_rng.seed(int(self.cfg.seed) * 7919 + epoch)
+                self.model.train()
+                stats = EpochStats()
+                steps = len(data.train) if not max_steps else min(len(data.train), int(max_steps))
+                task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="")
+                t_epoch = time.perf_counter()
+                data_time, n_images = 0.0, 0
+                t_data = time.perf_counter()
+                for step, (x, y) in enumerate(data.train):
+                    if step >= steps:
+                        break
+                    data_time += time.perf_counter() - t_data
+                    modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), mode_rng)
+                    self.train_step(x, y, modes, stats, time_modes)
+                    n_images += y.numel()
+                    if (step + 1) % log_every == 0 or step + 1 == steps:
+                        self._check_finite(stats, epoch, step)
+                        elapsed = time.perf_counter() - t_epoch
+                        info = " ".join(f"{m}b:{(stats.loss[m] / stats.seen[m]).item():.3f}" for m in stats.loss)
+                        progress.update(task, completed=step + 1,
+                                        info=f"loss {info} | {n_images * self.dist.world / elapsed:.0f} img/s")
+                    t_data = time.perf_counter()
+                train_seconds = time.perf_counter() - t_epoch
+                self._check_finite(stats, epoch, steps)
+                progress.remove_task(task)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                t_eval = time.perf_counter()
+                last_eval = evaluate(self.model, data.val, self.modes_desc, self.amp_ctx, self.dist)
+                eval_seconds = time.perf_counter() - t_eval
+                rows = self._epoch_rows(epoch + 1, stats, last_eval, lr, train_seconds, eval_seconds,
+                                        data_time / max(train_seconds, 1e-9), n_images)
+                score = sum(r["top1"] for r in last_eval.values()) / len(last_eval)
+                is_best = score > self.best
+                self.best = max(self.best, score)
+                if self.dist.is_main:
+                    self._append_metrics(rows)
+                    self.history += rows
+                    state = self.checkpoint_state(epoch + 1)
+                    atomic_save(state, self.ckpt_path)
+                    if is_best:
+                        atomic_save(state, self.run_dir / "best.pt")
+                    self.write_status("running", epoch + 1)
+                    self.log(epoch_line(epoch + 1, self.epochs, last_eval, train_seconds))
+        if last_eval is None:  # nothing left to train: report the stored last epoch
+            last_eval = self._last_eval_from_history()
+        results = self._write_results(last_eval)
+        self.write_status("finished", self.epochs)
+        self.dist.barrier()
+        return results
+
+    def _check_finite(self, stats: EpochStats, epoch: int, step: int) -> None:
+        for m, v in stats.loss.items():
+            if not torch.isfinite(v).item():
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {self.ckpt_path}" if epoch else "no checkpoint was written"
+                self.write_status("failed", epoch, f"loss became non-finite in mode {m}")
+                raise TrainingDiverged(
+                    f"loss became {v.item()} in bit mode {m} at epoch {epoch + 1}, step {step + 1}; "
+                    f"stopping ({kept}); try a lower optim.lr"
+                )
+
+    def _epoch_rows(self, epoch, stats, ev, lr, train_s, eval_s, data_share, n_images) -> list[dict]:
+        peak = peak_memory_mb(self.device)
+        rows = []
+        for m in self.modes_desc:
+            seen = stats.seen.get(m)
+            if seen:
+                seen_all = self.dist.sum_tensor(torch.tensor([float(seen)], device=self.device)).item() if self.dist.enabled else seen
+                mode_s = stats.mode_seconds.get(m)
+                # per-mode throughput from that mode's own forward+backward time when timed (CPU)
+                ips = seen_all / mode_s if mode_s else n_images * self.dist.world / train_s
+                rows.append({"epoch": epoch, "mode": m, "split": "train",
+                             "loss": round((stats.loss[m] / seen).item(), 6),
+                             "top1": round(100 * float(stats.correct[m]) / seen, 4),
+                             "top5": round(100 * float(stats.correct5[m]) / seen, 4),
+                             "lr": lr, "seconds": round(mode_s if mode_s else train_s, 4),
+                             "images_per_s": round(ips, 2), "data_time_share": round(data_share, 5),
+                             "peak_mem_mb": round(peak, 1)})
+        for m in self.modes_desc:
+            r = ev[m]
+            rows.append({"epoch": epoch, "mode": m, "split": "val", "loss": round(r["loss"], 6),
+                         "top1": round(r["top1"], 4), "top5": round(r["top5"], 4), "lr": lr,
+                         "seconds": round(eval_s, 4), "images_per_s": round(self.data.num_val * len(ev) / max(eval_s, 1e-9), 2),
+                         "data_time_share": "", "peak_mem_mb": round(peak, 1)})
+        return rows
+
+    def _last_eval_from_history(self) -> dict:
+        last = max(int(r["epoch"]) for r in self.history)
+        return {int(r["mode"]): {"loss": float(r["loss"]), "top1": float(r["top1"]), "top5": float(r["top5"])}
+                for r in self.history if r["split"] == "val" and int(r["epoch"]) == last}
+
+    def _write_results(self, ev: dict) -> dict:
+        if not self.dist.is_main:
+            return ev
+        best_by_mode = {}
+        for r in self.history:
+            if r["split"] == "val":
+                m = int(r["mode"])
+                best_by_mode[m] = max(best_by_mode.get(m, 0.0), float(r["top1"]))
+        with open(self.run_dir / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+            w.writeheader()
+            for m in self.modes_desc:
+                w.writerow({"mode": m, "top1": round(ev[m]["top1"], 4), "top5": round(ev[m]["top5"], 4),
+                            "loss": round(ev[m]["loss"], 6), "best_top1": round(best_by_mode.get(m, ev[m]["top1"]), 4),
+                            "epochs": self.epochs, "calibrated": False})
+        return ev
+
+
+def epoch_line(epoch, epochs, ev, seconds) -> str:
+    cells = "  ".join(f"{mode_label(m)} {r['top1']:.2f}" for m, r in sorted(ev.items(), reverse=True))
+    return f"epoch {epoch}/{epochs}  val top-1: {cells}  ({seconds:.1f}s train)"
+
+
+def mode_label(m: int) -> str:
+    return "FP" if m == 32 else f"{m}-bit"
+
+
+def compile_model(model, n_modes: int):
+    """torch.compile with room for one graph per bit mode × train/eval; a recompile past
+    the limit raises instead of silently running eager."""
+    import torch._dynamo as dynamo
+
+    limit = max(8, 2 * n_modes + 2)
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, limit)
+    if hasattr(dynamo.config, "fail_on_recompile_limit_hit"):
+        dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(model)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def remove_task(self, *a):
+        pass
+
+
+def make_progress(console, enabled: bool):
+    if not enabled or console is None:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    console=console, transient=True)

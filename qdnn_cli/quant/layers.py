@@ -1,0 +1,223 @@
+"""Quantized layers, Bit-Specific BatchNorm and bit-mode switching.
+
+Each switchable layer holds its own current mode in ``self.bits`` (an int), set by
+:func:`set_bit_mode`. Layers read nothing global. Switching walks a list of switchable
+layers cached on the model once, so calling it per batch costs microseconds.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizers import ACT_QUANTIZERS, FULL_PRECISION, QUANTIZER_NAMES, WEIGHT_QUANTIZERS, check_bits
+
+
+class BitModeError(ValueError):
+    """Asked for a bit mode the model was not built with, or mismatched checkpoints."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a model is quantized. Built from the ``quant`` config group."""
+
+    modes: tuple[int, ...] = (2, 3, 4, 8, 32)
+    weight: str = "dorefa"
+    act: str = "dorefa"
+    bit_specific_bn: bool = True
+    quantize_first_last: bool = False
+    quantize_shortcut: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        modes = tuple(int(b) for b in self.modes)
+        if not modes:
+            raise BitModeError("quant.bits is empty: give at least one bit mode, e.g. [2,3,4,8,32]")
+        for b in modes:
+            check_bits(b)
+        if len(set(modes)) != len(modes):
+            raise BitModeError(f"quant.bits has duplicates: {list(modes)}")
+        for kind, name in (("weight", self.weight), ("act", self.act)):
+            if name not in QUANTIZER_NAMES:
+                raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(QUANTIZER_NAMES)}")
+        object.__setattr__(self, "modes", tuple(sorted(modes)))
+
+
+class _Switchable:
+    """Mixin marker: a module with ``bits`` and ``modes`` attributes."""
+
+    bits: int
+    modes: tuple[int, ...]
+
+
+class QConv2d(nn.Conv2d, _Switchable):
+    """Conv2d whose weights and *input* activations follow the current bit mode.
+
+    ``quantize=False`` keeps it full precision in every mode (first conv, shortcuts).
+    """
+
+    def __init__(self, in_ch, out_ch, kernel_size, spec: QuantSpec, stride=1, padding=0,
+                 bias=False, quantize=True, quantize_input=True, groups=1):
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups)
+        self.modes = spec.modes
+        self.bits = max(spec.modes)
+        self.quantize = quantize
+        self.quantize_input = quantize and quantize_input
+        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes) if quantize else None
+        self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if self.quantize_input else None
+
+    def forward(self, x):
+        bits = self.bits
+        if not self.quantize or bits == FULL_PRECISION:
+            return self._conv_forward(x, self.weight, self.bias)
+        if self.act_quant is not None:
+            x = self.act_quant(x, bits)
+        return self._conv_forward(x, self.weight_quant(self.weight, bits), self.bias)
+
+
+class QLinear(nn.Linear, _Switchable):
+    def __init__(self, in_f, out_f, spec: QuantSpec, bias=True, quantize=True):
+        super().__init__(in_f, out_f, bias=bias)
+        self.modes = spec.modes
+        self.bits = max(spec.modes)
+        self.quantize = quantize
+        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes) if quantize else None
+        self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if quantize else None
+
+    def forward(self, x):
+        bits = self.bits
+        if not self.quantize or bits == FULL_PRECISION:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(self.act_quant(x, bits), self.weight_quant(self.weight, bits), self.bias)
+
+
+class BitSpecificBN(nn.Module, _Switchable):
+    """One BatchNorm per bit mode (``bn["4"]``), or one shared BN (``shared=True``).
+
+    The keys are strings because ``nn.ModuleDict`` needs them; the checkpoint therefore
+    reads ``...bn.4.running_mean`` — self-describing when modes differ.
+    """
+
+    def __init__(self, channels: int, spec: QuantSpec, dim: int = 2):
+        super().__init__()
+        self.modes = spec.modes
+        self.bits = max(spec.modes)
+        self.shared = not spec.bit_specific_bn
+        bn_cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
+        keys = ["shared"] if self.shared else [str(b) for b in spec.modes]
+        self.bn = nn.ModuleDict({k: bn_cls(channels) for k in keys})
+        self._key = keys[-1]
+
+    def set_bits(self, bits: int) -> None:
+        self.bits = bits
+        self._key = "shared" if self.shared else str(bits)
+
+    def forward(self, x):
+        return self.bn[self._key](x)
+
+
+def build_bn(channels: int, spec: QuantSpec) -> BitSpecificBN:
+    return BitSpecificBN(channels, spec)
+
+
+# ----------------------------------------------------------------------------- switching
+def _switchables(model: nn.Module) -> list[nn.Module]:
+    cached = model.__dict__.get("_qdnn_switchables")
+    if cached is None:
+        cached = [m for m in model.modules() if isinstance(m, _Switchable)]
+        model.__dict__["_qdnn_switchables"] = cached
+    return cached
+
+
+def model_modes(model: nn.Module) -> tuple[int, ...]:
+    """The bit modes a model was built for (empty tuple for a plain network)."""
+    modes = getattr(model, "bit_modes", None)
+    if modes is not None:
+        return tuple(modes)
+    layers = _switchables(model)
+    return tuple(layers[0].modes) if layers else ()
+
+
+def set_bit_mode(model: nn.Module, bits: int) -> nn.Module:
+    """Switch every quantized layer and Bit-Specific BN of ``model`` to ``bits``."""
+    modes = model_modes(model)
+    if bits not in modes:
+        raise BitModeError(f"bit mode {bits!r} is not one of this model's modes {list(modes)}")
+    for m in _switchables(model):
+        if isinstance(m, BitSpecificBN):
+            m.set_bits(bits)
+        else:
+            m.bits = bits
+    model.__dict__["_qdnn_bits"] = bits
+    return model
+
+
+def current_bit_mode(model: nn.Module) -> int:
+    return model.__dict__.get("_qdnn_bits", max(model_modes(model)))
+
+
+@contextlib.contextmanager
+def bit_mode(model: nn.Module, bits: int) -> Iterator[nn.Module]:
+    """``with bit_mode(model, 4): logits = model(x)`` — restores the previous mode after."""
+    previous = current_bit_mode(model)
+    set_bit_mode(model, bits)
+    try:
+        yield model
+    finally:
+        set_bit_mode(model, previous)
+
+
+def check_state_dict_modes(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """Fail with both sides' modes named when a state dict was built for other modes."""
+    ours = model_modes(model)
+    theirs = state.get("_qdnn.bit_modes")
+    if theirs is not None:
+        theirs = tuple(int(b) for b in theirs.tolist())
+        ours_shared = _uses_shared_bn(model)
+        theirs_shared = bool(state.get("_qdnn.shared_bn", torch.tensor(False)).item())
+        if theirs != tuple(ours) or theirs_shared != ours_shared:
+            raise BitModeError(
+                f"{source} was saved for bit modes {list(theirs)}"
+                f"{' (shared BN)' if theirs_shared else ''} but the model has bit modes {list(ours)}"
+                f"{' (shared BN)' if ours_shared else ''}"
+            )
+
+
+def _uses_shared_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, BitSpecificBN) and m.shared for m in _switchables(model))
+
+
+def modes_state(model: nn.Module) -> dict:
+    """Entries stored beside the weights so a checkpoint says which modes it holds."""
+    return {
+        "_qdnn.bit_modes": torch.tensor(list(model_modes(model)), dtype=torch.int64),
+        "_qdnn.shared_bn": torch.tensor(_uses_shared_bn(model)),
+    }
+
+
+def quantizable_state_dict(model: nn.Module) -> dict:
+    """The model's state dict plus its mode description (what checkpoints store)."""
+    state = dict(model.state_dict())
+    state.update(modes_state(model))
+    return state
+
+
+def load_quantizable_state_dict(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    check_state_dict_modes(model, state, source)
+    weights = {k: v for k, v in state.items() if not k.startswith("_qdnn.")}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatch: another architecture or width
+        first = str(e).strip().splitlines()[-1].strip()
+        raise BitModeError(f"{source} does not fit this model: {first}") from None
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[0]})")
+        raise BitModeError(f"{source} does not fit this model: {'; '.join(detail)}")

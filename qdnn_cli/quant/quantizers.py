@@ -1,0 +1,205 @@
+"""Fake quantizers for weights and activations, one instance per layer.
+
+Every quantizer is called as ``q(x, bits)``. ``bits == 32`` means full precision and
+returns the input untouched, so mode 32 is exactly the full-precision network.
+
+Speed matters here: a quantizable training step runs every bit mode, so each
+quantizer is one fused ATen kernel where possible
+(``torch.fake_quantize_per_tensor_affine`` does clamp + round + straight-through
+gradient, masked outside the range, in one pass) instead of the usual chain of
+``round``/``clamp``/``detach`` temporaries. ``naive_*`` functions keep the
+textbook formulation for tests and the benchmark.
+
+Quantization always runs in float32: under autocast the incoming tensor may be
+bf16/fp16, which cannot hold 255 evenly spaced levels exactly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FULL_PRECISION = 32
+VALID_BITS = tuple(range(1, 9)) + (FULL_PRECISION,)
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
+        raise ValueError(f"bit mode {bits!r} is not supported: use 1-8 or 32 (full precision)")
+    return bits
+
+
+def _levels(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def _as_float32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round x in [0, 1] to ``2**bits`` evenly spaced levels; straight-through gradient.
+
+    Values outside [0, 1] are clamped and get zero gradient (the clamp's own gradient).
+    """
+    n = _levels(bits)
+    return torch.fake_quantize_per_tensor_affine(_as_float32(x), 1.0 / n, 0, 0, n)
+
+
+def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """DoReFa weights: tanh, map to [0, 1], quantize, map back to [-1, 1]."""
+    t = torch.tanh(_as_float32(w))
+    unit = t / (2 * t.abs().max().detach()) + 0.5
+    if bits == 1:
+        # 1 bit: sign of the weight scaled by E|W| (DoReFa's binary case).
+        return naive_sign_weight(w)
+    return 2 * quantize_unit(unit, bits) - 1
+
+
+def naive_sign_weight(w: torch.Tensor) -> torch.Tensor:
+    scale = w.abs().mean().detach()
+    s = torch.where(w >= 0, torch.ones_like(w), -torch.ones_like(w)) * scale
+    return w + (s - w).detach()
+
+
+# --------------------------------------------------------------------------- naive
+# The way most research code writes it: separate round/clamp/detach ops.
+def naive_quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
+    n = _levels(bits)
+    x = torch.clamp(x, 0, 1)
+    return x + (torch.round(x * n) / n - x).detach()
+
+
+def naive_dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    t = torch.tanh(w)
+    unit = t / (2 * t.abs().max()) + 0.5
+    return 2 * naive_quantize_unit(unit, bits) - 1
+
+
+# --------------------------------------------------------------------------- modules
+class WeightQuantizer(nn.Module):
+    """Base: ``forward(w, bits)``; bits 32 returns w unchanged."""
+
+    def __init__(self, modes: tuple[int, ...]):
+        super().__init__()
+        self.modes = tuple(modes)
+
+    def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class DoReFaWeight(WeightQuantizer):
+    def forward(self, w, bits):
+        if bits == FULL_PRECISION:
+            return w
+        return dorefa_weight(w, bits)
+
+
+class NaiveDoReFaWeight(WeightQuantizer):
+    def forward(self, w, bits):
+        if bits == FULL_PRECISION:
+            return w
+        return naive_dorefa_weight(w, bits)
+
+
+class DoReFaAct(nn.Module):
+    """Clamp to [0, 1] and round to k bits; full precision passes through."""
+
+    def __init__(self, modes: tuple[int, ...]):
+        super().__init__()
+        self.modes = tuple(modes)
+
+    def forward(self, x, bits):
+        if bits == FULL_PRECISION:
+            return x
+        return quantize_unit(x, bits)
+
+
+class NaiveDoReFaAct(DoReFaAct):
+    def forward(self, x, bits):
+        if bits == FULL_PRECISION:
+            return x
+        return naive_quantize_unit(x, bits)
+
+
+class PACTAct(nn.Module):
+    """PACT: clip at a learned level alpha, one alpha per bit mode (AdaBits' switchable clip).
+
+    y = round(clamp(x, 0, alpha) / alpha * n) * alpha / n. Gradient: straight through
+    inside (0, alpha), zero below 0, and d y / d alpha = 1 where x >= alpha.
+    """
+
+    def __init__(self, modes: tuple[int, ...], init_alpha: float = 8.0):
+        super().__init__()
+        self.modes = tuple(modes)
+        self.alpha = nn.ParameterDict(
+            {str(b): nn.Parameter(torch.tensor(float(init_alpha))) for b in modes if b != FULL_PRECISION}
+        )
+
+    def forward(self, x, bits):
+        if bits == FULL_PRECISION:
+            return x
+        alpha = self.alpha[str(bits)]
+        x = _as_float32(x)
+        # clamp with alpha as a tensor gives the PACT gradient for alpha (1 where x > alpha).
+        clipped = torch.minimum(torch.relu(x), alpha)
+        n = _levels(bits)
+        unit = clipped / alpha
+        q = unit + (torch.round(unit * n) / n - unit).detach()
+        return q * alpha
+
+
+class LSQQuantizer(nn.Module):
+    """LSQ: learned step size per bit mode, for weights (signed) or activations (unsigned).
+
+    y = round(clamp(x / s, qmin, qmax)) * s, straight-through inside the range with the
+    LSQ gradient scale 1/sqrt(numel * qmax) on s. The step of each mode is initialised
+    from the first tensor it sees (2 * mean|x| / sqrt(qmax)).
+    """
+
+    def __init__(self, modes: tuple[int, ...], signed: bool):
+        super().__init__()
+        self.modes = tuple(modes)
+        self.signed = signed
+        keys = [str(b) for b in modes if b != FULL_PRECISION]
+        self.step = nn.ParameterDict({k: nn.Parameter(torch.tensor(1.0)) for k in keys})
+        self.register_buffer("initialized", torch.zeros(len(keys), dtype=torch.bool))
+        self._index = {k: i for i, k in enumerate(keys)}
+
+    def _range(self, bits: int) -> tuple[int, int]:
+        if self.signed:
+            if bits == 1:
+                return -1, 1
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, _levels(bits)
+
+    def forward(self, x, bits):
+        if bits == FULL_PRECISION:
+            return x
+        key = str(bits)
+        x = _as_float32(x)
+        qmin, qmax = self._range(bits)
+        step = self.step[key]
+        i = self._index[key]
+        if self.training and not bool(self.initialized[i]):
+            with torch.no_grad():
+                step.copy_(2 * x.detach().abs().mean() / (qmax ** 0.5) + 1e-8)
+                self.initialized[i] = True
+        g = 1.0 / ((x.numel() * qmax) ** 0.5)
+        s = step * g + (step - step * g).detach()  # gradient scaled, value unchanged
+        v = torch.clamp(x / s, qmin, qmax)
+        return (v + (torch.round(v) - v).detach()) * s
+
+
+class LSQWeight(LSQQuantizer):
+    def __init__(self, modes):
+        super().__init__(modes, signed=True)
+
+
+class LSQAct(LSQQuantizer):
+    def __init__(self, modes):
+        super().__init__(modes, signed=False)
+
+
+WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "lsq": LSQWeight, "pact": DoReFaWeight, "naive": NaiveDoReFaWeight}
+ACT_QUANTIZERS = {"dorefa": DoReFaAct, "lsq": LSQAct, "pact": PACTAct, "naive": NaiveDoReFaAct}
+QUANTIZER_NAMES = ("dorefa", "pact", "lsq", "naive")
