@@ -136,6 +136,37 @@ def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx: Dis
     return out
 
 
+# ----------------------------------------------------------------------------- one step
+def backward_modes(model, forward, x, y, modes: list[int], loss_fn: QuantizableLoss, distill: bool,
+                   amp_ctx=contextlib.nullcontext, scaler=None, stats: "EpochStats | None" = None,
+                   time_modes: bool = False) -> None:
+    """Forward + backward of every mode in ``modes`` (highest first) on one batch.
+
+    Each mode's backward runs right after its forward so only one graph is alive at a
+    time; gradients accumulate, which equals the backward of the summed loss because
+    teachers are detached. ``distill=False`` gives plain CE per mode (dedicated runs).
+    """
+    logits_by_mode = {}
+    for m in modes:
+        t0 = time.perf_counter() if time_modes else 0.0
+        set_bit_mode(model, m)
+        with amp_ctx():
+            logits = forward(x)
+        t = loss_fn.teacher_mode(m, modes) if distill else None
+        loss, ce = loss_fn.mode_loss(logits, y, logits_by_mode.get(t), m == modes[0])
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        logits_by_mode[m] = logits.detach()
+        if stats is not None:
+            with torch.no_grad():
+                c1, c5 = topk_correct(logits.detach(), y, 5)
+                stats.loss[m] = stats.loss.get(m, 0) + ce.detach() * y.numel()
+                stats.correct[m] = stats.correct.get(m, 0) + c1
+                stats.correct5[m] = stats.correct5.get(m, 0) + c5
+                stats.seen[m] = stats.seen.get(m, 0) + y.numel()
+        if time_modes and stats is not None:
+            stats.mode_seconds[m] = stats.mode_seconds.get(m, 0.0) + time.perf_counter() - t0
+
+
 # ----------------------------------------------------------------------------- the trainer
 @dataclass
 class EpochStats:
@@ -290,30 +321,9 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------
     def train_step(self, x, y, modes: list[int], stats: EpochStats, time_modes: bool) -> None:
-        """All sampled modes on one batch, highest first; one optimizer step.
-
-        Each mode's backward runs right after its forward so only one graph is alive at a
-        time; gradients accumulate, which equals the backward of the summed loss.
-        """
         self.optimizer.zero_grad(set_to_none=True)
-        logits_by_mode = {}
-        for m in modes:
-            t0 = time.perf_counter() if time_modes else 0.0
-            set_bit_mode(self.model, m)
-            with self.amp_ctx():
-                logits = self.forward(x)
-            t = self.loss_fn.teacher_mode(m, modes) if self.kind == "quantizable" else None
-            loss, ce = self.loss_fn.mode_loss(logits, y, logits_by_mode.get(t), m == modes[0])
-            self.scaler.scale(loss).backward()
-            logits_by_mode[m] = logits.detach()
-            with torch.no_grad():
-                c1, c5 = topk_correct(logits.detach(), y, 5)
-                stats.loss[m] = stats.loss.get(m, 0) + ce.detach() * y.numel()
-                stats.correct[m] = stats.correct.get(m, 0) + c1
-                stats.correct5[m] = stats.correct5.get(m, 0) + c5
-                stats.seen[m] = stats.seen.get(m, 0) + y.numel()
-            if time_modes:
-                stats.mode_seconds[m] = stats.mode_seconds.get(m, 0.0) + time.perf_counter() - t0
+        backward_modes(self.model, self.forward, x, y, modes, self.loss_fn, self.kind == "quantizable",
+                       self.amp_ctx, self.scaler, stats, time_modes)
         self.dist.average_gradients(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()

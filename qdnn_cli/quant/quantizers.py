@@ -3,12 +3,14 @@
 Every quantizer is called as ``q(x, bits)``. ``bits == 32`` means full precision and
 returns the input untouched, so mode 32 is exactly the full-precision network.
 
-Speed matters here: a quantizable training step runs every bit mode, so each
-quantizer is one fused ATen kernel where possible
-(``torch.fake_quantize_per_tensor_affine`` does clamp + round + straight-through
-gradient, masked outside the range, in one pass) instead of the usual chain of
-``round``/``clamp``/``detach`` temporaries. ``naive_*`` functions keep the
-textbook formulation for tests and the benchmark.
+Speed matters here: a quantizable training step runs every bit mode. The activation
+quantizer is a custom autograd function: forward is one clamp into a fresh tensor
+followed by in-place scale/round/unscale (no autograd graph, no temporaries); backward
+is one fused masked-gradient kernel (``hardtanh_backward``) on the saved input, which
+the preceding ReLU keeps alive anyway. ``torch.fake_quantize_per_tensor_affine`` would
+be a single kernel, but on CPU it measured ~10x slower than this chain (12 ms vs 1.1 ms
+on a 128x16x32x32 tensor, 2 threads). ``naive_*`` functions keep the textbook
+``round``/``clamp``/``detach`` formulation for tests and the benchmark.
 
 Quantization always runs in float32: under autocast the incoming tensor may be
 bf16/fp16, which cannot hold 255 evenly spaced levels exactly.
@@ -36,13 +38,40 @@ def _as_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
+class _ClampRound(torch.autograd.Function):
+    """y = round(clamp(x, 0, 1)·n)·(1/n); dy/dx = 1 inside (0, 1), 0 where clamped."""
+
+    @staticmethod
+    def forward(ctx, x, n):
+        y = torch.nn.functional.hardtanh(x, 0.0, 1.0)
+        y.mul_(n).round_().mul_(1.0 / n)
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0), None
+
+
+class _Round(torch.autograd.Function):
+    """y = round(x·n)·(1/n) with an identity gradient (x already inside [0, 1])."""
+
+    @staticmethod
+    def forward(ctx, x, n):
+        return torch.mul(x, n).round_().mul_(1.0 / n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 def quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Round x in [0, 1] to ``2**bits`` evenly spaced levels; straight-through gradient.
 
     Values outside [0, 1] are clamped and get zero gradient (the clamp's own gradient).
     """
-    n = _levels(bits)
-    return torch.fake_quantize_per_tensor_affine(_as_float32(x), 1.0 / n, 0, 0, n)
+    return _ClampRound.apply(_as_float32(x), _levels(bits))
 
 
 def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -52,7 +81,7 @@ def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 1:
         # 1 bit: sign of the weight scaled by E|W| (DoReFa's binary case).
         return naive_sign_weight(w)
-    return 2 * quantize_unit(unit, bits) - 1
+    return _Round.apply(unit, _levels(bits)).mul(2).sub_(1)
 
 
 def naive_sign_weight(w: torch.Tensor) -> torch.Tensor:

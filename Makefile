@@ -1,0 +1,34 @@
+# qdnn developer commands. `make quickstart` and `make test` install on first use.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test test-all quickstart bench ddp-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ''
+
+quickstart: $(STAMP)
+	$(BIN)/qdnn train quickstart
+
+bench: $(STAMP)
+	$(BIN)/python -m qdnn_cli.bench
+
+# Two CPU processes (gloo) on the quickstart: what `torchrun --nproc_per_node=N` does on GPUs.
+ddp-smoke: $(STAMP)
+	$(BIN)/torchrun --standalone --nproc_per_node=2 -m qdnn_cli.cli train quickstart trainer.device=cpu trainer.epochs=2
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100-dev"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # folder decode cache goes to a temp dir, never the user's ~/.cache
+    monkeypatch.setenv("QDNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny_overrides(out_dir, *extra):
+    """A real config shrunk to seconds: synthetic 8px data, tiny net, 2 epochs."""
+    return [
+        "data=synthetic", "data.train_size=96", "data.val_size=48", "data.image_size=8", "data.num_classes=4",
+        "model=tiny", "model.kwargs.width=8", "trainer.epochs=2", "trainer.batch_size=32",
+        "trainer.eval_batch_size=48", "trainer.device=cpu", "trainer.progress=false", f"out_dir={out_dir}",
+        *extra,
+    ]

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from qdnn_cli.quant.quantizers import (
+    DoReFaAct, LSQAct, LSQWeight, PACTAct, dorefa_weight, naive_dorefa_weight, naive_quantize_unit, quantize_unit,
+)
+
+
+def affine_reference(x, bits):
+    """The formula: round(clamp(x,0,1)·n)·s with n = 2^k-1 and step s = 1/n (float32)."""
+    n = 2**bits - 1
+    s = torch.tensor(1.0 / n, dtype=torch.float32)
+    return torch.round(torch.clamp(x, 0, 1) * n) * s
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_unit_quantizer_levels_and_formula(bits):
+    x = torch.rand(200_000, generator=torch.Generator().manual_seed(bits)) * 1.4 - 0.2
+    q = quantize_unit(x, bits)
+    assert q.unique().numel() <= 2**bits
+    assert torch.equal(q, affine_reference(x, bits))  # bit for bit
+    # the research-code round(x·n)/n gives the same level, up to the last float bit
+    assert (q - naive_quantize_unit(x, bits)).abs().max() <= 1.2e-7
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dorefa_weight_levels_and_naive_agreement(bits):
+    w = torch.randn(64, 32, 3, 3)
+    q = dorefa_weight(w, bits)
+    assert q.unique().numel() <= 2**bits
+    assert q.min() >= -1 and q.max() <= 1
+    assert (q - naive_dorefa_weight(w, bits)).abs().max() <= 3e-7
+    # the formula: tanh, map to [0,1] by the max, round to k bits, map to [-1,1]
+    t = torch.tanh(w)
+    unit = t / (2 * t.abs().max()) + 0.5
+    assert torch.allclose(q, 2 * torch.round(unit * (2**bits - 1)) / (2**bits - 1) - 1, atol=3e-7)
+
+
+def test_activation_gradient_is_straight_through_and_clipped():
+    x = torch.tensor([-0.5, 0.1, 0.37, 0.8, 1.7], requires_grad=True)
+    DoReFaAct((4, 32))(x, 4).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_weight_gradient_flows_straight_through_rounding():
+    w = torch.randn(8, 4, requires_grad=True)
+    dorefa_weight(w, 2).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_pact_gradients_masked_and_alpha_learns_from_clipped():
+    pact = PACTAct((2, 32), init_alpha=1.0)
+    x = torch.tensor([-1.0, 0.2, 0.6, 2.0, 3.0], requires_grad=True)
+    y = pact(x, 2)
+    assert y.unique().numel() <= 4 and y.max().item() == pytest.approx(1.0)
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]
+    alpha_grad = pact.alpha["2"].grad.item()
+    # two clipped inputs contribute 1 each; the inside ones contribute the rounding residual
+    assert alpha_grad == pytest.approx(2.0 + (1 / 3 - 0.2) + (2 / 3 - 0.6), abs=1e-5)
+    assert set(pact.alpha.keys()) == {"2"}  # one clip level per quantized mode
+
+
+def test_lsq_levels_and_masked_gradient():
+    q = LSQWeight((3, 32))
+    w = torch.randn(1000, requires_grad=True)
+    y = q(w, 3)
+    step = q.step["3"].detach()
+    levels = torch.round(y.detach() / step)
+    assert levels.min() >= -4 and levels.max() <= 3 and levels.unique().numel() <= 8
+    y.sum().backward()
+    inside = ((w / step) >= -4) & ((w / step) <= 3)
+    assert torch.equal(w.grad, inside.float())
+    act = LSQAct((2, 32))
+    a = act(torch.rand(100) * 3, 2)
+    assert a.min() >= 0 and torch.round(a / act.step["2"]).max() <= 3
+
+
+def test_mode_32_passes_input_through_untouched():
+    x = torch.randn(10)
+    for q in (DoReFaAct((32,)), PACTAct((2, 32)), LSQAct((2, 32))):
+        assert q(x, 32) is x
+
+
+def test_quantization_runs_in_float32_under_autocast():
+    x = torch.rand(4, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = quantize_unit(x, 8)
+    assert q.dtype == torch.float32
+    assert torch.round(q * 255).unique().numel() == q.unique().numel()
