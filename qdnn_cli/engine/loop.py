@@ -349,8 +349,10 @@ class Trainer:
         progress = make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main)
         self.write_status("running", self.start_epoch)
         last_eval = None
+        stop_after = t.get("stop_after")
+        end_epoch = self.epochs if not stop_after else min(self.epochs, self.start_epoch + int(stop_after))
         with progress:
-            for epoch in range(self.start_epoch, self.epochs):
+            for epoch in range(self.start_epoch, end_epoch):
                 data.train.set_epoch(epoch)
                 mode_rng.seed(int(self.cfg.seed) * 7919 + epoch)
                 self.model.train()
@@ -398,6 +400,10 @@ class Trainer:
                     self.log(epoch_line(epoch + 1, self.epochs, last_eval, train_seconds))
         if last_eval is None:  # nothing left to train: report the stored last epoch
             last_eval = self._last_eval_from_history()
+        if end_epoch < self.epochs:  # time-boxed invocation: leave a resumable run
+            self.write_status("stopped", end_epoch, "trainer.stop_after reached; run again to continue")
+            self.log(f"stopped after epoch {end_epoch} of {self.epochs} (trainer.stop_after); run again to resume")
+            return last_eval
         results = self._write_results(last_eval)
         self.write_status("finished", self.epochs)
         self.dist.barrier()

@@ -1,0 +1,120 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv, write_cifar100, write_folder_tree
+
+MODES = ["32", "8", "4", "3", "2"]
+
+
+def test_train_synthetic_writes_full_run_directory(tmp_path):
+    out = tmp_path / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(out))
+    assert r.exit_code == 0, r.output
+    for name in ("config.yaml", "overrides.yaml", "metrics.csv", "results.csv", "checkpoint.pt", "best.pt", "status.json"):
+        assert (out / name).exists(), name
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["data"]["name"] == "synthetic" and cfg["quant"]["bits"] == [2, 3, 4, 8, 32]
+    rows = read_csv(out / "metrics.csv")
+    assert len(rows) == 2 * 5 * 2  # epochs × modes × splits
+    assert {(r["epoch"], r["mode"], r["split"]) for r in rows} == {
+        (str(e), m, s) for e in (1, 2) for m in MODES for s in ("train", "val")}
+    assert all(float(r["images_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0 for r in rows)
+    results = read_csv(out / "results.csv")
+    assert [r["mode"] for r in results] == MODES
+    last_val = {r["mode"]: r["top1"] for r in rows if r["split"] == "val" and r["epoch"] == "2"}
+    assert {r["mode"]: r["top1"] for r in results} == last_val
+    assert "bit mode" in r.output and "2-bit" in r.output  # the per-mode table is printed
+
+
+def test_same_seed_gives_identical_numbers(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert qdnn("train", "quickstart", *tiny_overrides(out, "trainer.epochs=1")).exit_code == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "data_time_share", "peak_mem_mb")} for r in rows]
+    assert strip(read_csv(a / "metrics.csv")) == strip(read_csv(b / "metrics.csv"))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert qdnn("train", "quickstart", *tiny_overrides(straight)).exit_code == 0
+    r = qdnn("train", "quickstart", *tiny_overrides(resumed, "trainer.stop_after=1"))
+    assert r.exit_code == 0 and "stopped after epoch 1" in r.output
+    assert not (resumed / "results.csv").exists()
+    r = qdnn("train", "quickstart", *tiny_overrides(resumed))  # same dir: continues from epoch 1
+    assert r.exit_code == 0, r.output
+    assert "resumed" in r.output
+    keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
+    strip = lambda rows: [{k: r[k] for k in keep} for r in rows]
+    assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(resumed / "metrics.csv"))
+    assert read_csv(straight / "results.csv") == read_csv(resumed / "results.csv")
+
+
+def test_train_on_generated_cifar100_files(tmp_path):
+    root = write_cifar100(tmp_path / "data")
+    out = tmp_path / "run"
+    r = qdnn("train", "cifar100", f"data.root={root}", "data.download=false", "model=tiny", "model.kwargs.width=8",
+             "quant.bits=[2,32]", "trainer.epochs=1", "trainer.batch_size=50", "trainer.device=cpu",
+             "trainer.progress=false", f"out_dir={out}")
+    assert r.exit_code == 0, r.output
+    ck = __import__("torch").load(out / "checkpoint.pt", weights_only=True)
+    assert ck["num_classes"] == 100 and ck["model"]["fc.weight"].shape[0] == 100
+    rows = read_csv(out / "metrics.csv")
+    assert sum(1 for x in rows if x["split"] == "train") == 2
+
+
+def test_cifar_missing_offline_says_where_files_go(tmp_path):
+    r = qdnn("train", "cifar100", f"data.root={tmp_path}", "data.download=false", f"out_dir={tmp_path / 'run'}")
+    assert r.exit_code == 2
+    assert "cifar-100-python" in r.output and str(tmp_path) in r.output
+
+
+def test_folder_data_path_on_generated_tree(tmp_path):
+    root = write_folder_tree(tmp_path / "tree", splits=("train", "test"))
+    out = tmp_path / "run"
+    r = qdnn("train", "cifar100", "data=folder", f"data.root={root}", "data.val_split=test", "model=tiny",
+             "model.kwargs.width=8", "quant.bits=[4,32]", "trainer.epochs=1", "trainer.batch_size=8",
+             "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}")
+    assert r.exit_code == 0, r.output
+    ck = __import__("torch").load(out / "checkpoint.pt", weights_only=True)
+    assert ck["num_classes"] == 3 and ck["in_channels"] == 3
+    assert len(read_csv(out / "results.csv")) == 2
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.epoch=3", "trainer.epoch"),
+    ("quant.bits=[0,32]", "quant.bits"),
+    ("quant.bits=[]", "quant.bits is empty"),
+    ("quant.bits=[2,4]", "needs full precision"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("data.train_fraction=1.5", "data.train_fraction"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("loss.target=teacher", "loss.target"),
+    ("model=resnet1000", "model"),
+])
+def test_bad_overrides_exit_2_with_one_line(tmp_path, override, needle):
+    r = qdnn("train", "quickstart", f"out_dir={tmp_path / 'run'}", override)
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_experiment_is_one_line():
+    r = qdnn("train", "cifar1000")
+    assert r.exit_code == 2 and "unknown experiment 'cifar1000'" in r.output and "quickstart" in r.output
+
+
+def test_console_script_end_to_end(tmp_path):
+    """The installed `qdnn` entry point, in a subprocess, with a bad override and a good run."""
+    exe = Path(sys.executable).with_name("qdnn")
+    bad = subprocess.run([str(exe), "train", "quickstart", "trainer.nope=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    ok = subprocess.run([str(exe), "train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.epochs=1")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "r" / "results.csv").exists()
