@@ -217,6 +217,10 @@ class Trainer:
         self.data = build_data(cfg.data, global_batch // self.dist.world, int(t.eval_batch_size), self.device,
                                int(cfg.seed), self.channels_last, self.dist.rank, self.dist.world,
                                int(cfg.data.get("workers", 4)))
+        if self.dist.is_main:
+            info = {"num_classes": self.data.num_classes, "in_channels": self.data.in_channels,
+                    "image_size": self.data.image_size, "num_train": self.data.num_train, "num_val": self.data.num_val}
+            (self.run_dir / "data_info.json").write_text(json.dumps(info, indent=1))
         self.spec = quant_spec(cfg)
         self.model = build_model(cfg.model.name, self.spec, self.data.num_classes, self.data.in_channels,
                                  **dict(cfg.model.get("kwargs") or {}))
@@ -294,6 +298,7 @@ class Trainer:
             "model_name": self.cfg.model.name,
             "num_classes": self.data.num_classes,
             "in_channels": self.data.in_channels,
+            "image_size": self.data.image_size,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "torch_rng": torch.get_rng_state(),
         }

@@ -181,8 +181,9 @@ class LSQQuantizer(nn.Module):
     """LSQ: learned step size per bit mode, for weights (signed) or activations (unsigned).
 
     y = round(clamp(x / s, qmin, qmax)) * s, straight-through inside the range with the
-    LSQ gradient scale 1/sqrt(numel * qmax) on s. The step of each mode is initialised
-    from the first tensor it sees (2 * mean|x| / sqrt(qmax)).
+    LSQ gradient scale 1/sqrt(numel * qmax) on s. A step of 0 means "not initialised yet":
+    it is set from the first tensor seen in training (2 * mean|x| / sqrt(qmax)). Keeping
+    that state in the value itself lets a mode be added to a trained model later.
     """
 
     def __init__(self, modes: tuple[int, ...], signed: bool):
@@ -190,9 +191,12 @@ class LSQQuantizer(nn.Module):
         self.modes = tuple(modes)
         self.signed = signed
         keys = [str(b) for b in modes if b != FULL_PRECISION]
-        self.step = nn.ParameterDict({k: nn.Parameter(torch.tensor(1.0)) for k in keys})
-        self.register_buffer("initialized", torch.zeros(len(keys), dtype=torch.bool))
-        self._index = {k: i for i, k in enumerate(keys)}
+        self.step = nn.ParameterDict({k: nn.Parameter(torch.tensor(0.0)) for k in keys})
+        self._ready: set[str] = set()  # modes known to be initialised: skip the host sync
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = set()  # loaded steps may be 0 (never trained): check again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _range(self, bits: int) -> tuple[int, int]:
         if self.signed:
@@ -208,11 +212,11 @@ class LSQQuantizer(nn.Module):
         x = _as_float32(x)
         qmin, qmax = self._range(bits)
         step = self.step[key]
-        i = self._index[key]
-        if self.training and not bool(self.initialized[i]):
-            with torch.no_grad():
-                step.copy_(2 * x.detach().abs().mean() / (qmax ** 0.5) + 1e-8)
-                self.initialized[i] = True
+        if key not in self._ready and self.training:
+            if step.item() <= 0:
+                with torch.no_grad():
+                    step.copy_(2 * x.detach().abs().mean() / (qmax ** 0.5) + 1e-8)
+            self._ready.add(key)
         g = 1.0 / ((x.numel() * qmax) ** 0.5)
         s = step * g + (step - step * g).detach()  # gradient scaled, value unchanged
         v = torch.clamp(x / s, qmin, qmax)
