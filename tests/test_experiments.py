@@ -1,0 +1,191 @@
+import csv
+import io
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv
+
+
+def _cfg(run_dir):
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def test_ablate_grid_runs_every_variant_with_its_config(tmp_path):
+    group = tmp_path / "abl"
+    r = qdnn("ablate", "quickstart", *tiny_overrides(group, "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    runs = {p.name: _cfg(p) for p in group.iterdir() if p.is_dir()}
+    assert set(runs) == {"full", "no_consistency", "shared_bn", "no_consistency_shared_bn"}
+    flags = {k: (c["loss"]["consistency"], c["quant"]["bit_specific_bn"]) for k, c in runs.items()}
+    assert flags == {"full": (True, True), "no_consistency": (False, True), "shared_bn": (True, False),
+                     "no_consistency_shared_bn": (False, False)}
+    assert all((group / k / "results.csv").exists() for k in runs)
+
+
+def test_ablate_single_flag_trains_that_variant_only(tmp_path):
+    group = tmp_path / "abl"
+    r = qdnn("ablate", "quickstart", "--no-consistency", *tiny_overrides(group, "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in group.iterdir() if p.is_dir()] == ["no_consistency"]
+    assert _cfg(group / "no_consistency")["loss"]["consistency"] is False
+
+
+def test_sweep_bits_trains_one_dedicated_model_per_bit(tmp_path):
+    group = tmp_path / "sweep"
+    r = qdnn("sweep-bits", "quickstart", "--bits", "2,4,32", *tiny_overrides(group, "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    cfgs = {p.name: _cfg(p) for p in group.iterdir() if p.is_dir()}
+    assert {k: (c["trainer"]["kind"], c["quant"]["bits"]) for k, c in cfgs.items()} == {
+        "dedicated_2": ("dedicated", [2]), "dedicated_4": ("dedicated", [4]), "dedicated_32": ("dedicated", [32])}
+    assert [r["mode"] for r in read_csv(group / "dedicated_4" / "results.csv")] == ["4"]
+
+
+def test_sweep_rejects_bad_bits(tmp_path):
+    r = qdnn("sweep-bits", "quickstart", "--bits", "0,4", *tiny_overrides(tmp_path / "s"))
+    assert r.exit_code == 2 and "1-8 or 32" in r.output
+
+
+# ----------------------------------------------------------------------------- report fixtures
+def make_run(path, top1: dict, kind="quantizable", seed=0, consistency=True, bsbn=True, state="finished", epoch=3):
+    path.mkdir(parents=True)
+    bits = sorted(top1)
+    cfg = {"name": "fixture", "seed": seed, "model": {"name": "tiny", "kwargs": {"width": 8}},
+           "quant": {"bits": bits, "bit_specific_bn": bsbn, "weight": "dorefa", "act": "dorefa",
+                     "quantize_first_last": False, "quantize_shortcut": False},
+           "loss": {"consistency": consistency, "target": "fp", "weight": 1.0},
+           "trainer": {"kind": kind, "epochs": 3, "mode_sampling": "all"}}
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (path / "status.json").write_text(json.dumps({"state": state, "epoch": epoch, "epochs": 3}))
+    (path / "data_info.json").write_text(json.dumps({"num_classes": 10, "in_channels": 1, "image_size": 8}))
+    with open(path / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "mode", "split", "loss", "top1", "top5"])
+        for m, v in top1.items():
+            w.writerow([epoch, m, "val", 1.0, v, 100])
+    if state == "finished":
+        with open(path / "results.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mode", "top1", "top5", "loss"])
+            for m, v in top1.items():
+                w.writerow([m, v, 100, 1.0])
+
+
+@pytest.fixture
+def fixture_runs(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "s0" / "full", {32: 70.0, 4: 68.0, 2: 60.0}, seed=0)
+    make_run(root / "s1" / "full", {32: 72.0, 4: 70.0, 2: 62.0}, seed=1)
+    make_run(root / "s0" / "noc", {32: 69.0, 4: 66.0, 2: 55.0}, consistency=False)
+    make_run(root / "s0" / "d32", {32: 71.0}, kind="dedicated")
+    make_run(root / "s0" / "d4", {4: 67.0}, kind="dedicated")
+    make_run(root / "s0" / "d2", {2: 58.0}, kind="dedicated")
+    make_run(root / "s2" / "full", {32: 10.0, 4: 9.0, 2: 5.0}, seed=2, state="running", epoch=1)
+    return root
+
+
+def test_report_markdown_cells_mean_std_difference_and_incomplete(fixture_runs):
+    r = qdnn("report", fixture_runs, "--no-costs")
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["variant", "runs", "FP", "4-bit", "2-bit"]
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[2:])}
+    assert rows["quantizable"][1:] == ["2", "71.00 ± 1.41", "69.00 ± 1.41", "61.00 ± 1.41"]
+    assert rows["quantizable (no consistency)"][2:] == ["69.00", "66.00", "55.00"]
+    assert rows["dedicated"][1:] == ["3", "71.00", "67.00", "58.00"]
+    assert rows["quantizable − dedicated"][2:] == ["+0.00", "+2.00", "+3.00"]
+    incomplete = [k for k in rows if "running: epoch 1/3" in k]
+    assert len(incomplete) == 1 and rows[incomplete[0]][2:] == ["10.00", "9.00", "5.00"]
+
+
+def test_report_csv_parses_back_and_markdown_file(fixture_runs, tmp_path):
+    out = tmp_path / "t.csv"
+    r = qdnn("report", fixture_runs, "--format", "csv", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = {row["variant"]: row for row in csv.DictReader(io.StringIO(out.read_text()))}
+    assert float(rows["quantizable"]["FP"]) == 71.0 and float(rows["quantizable"]["FP_std"]) == pytest.approx(1.4142, abs=1e-4)
+    assert float(rows["quantizable − dedicated"]["2-bit"]) == 3.0
+    assert rows["quantizable"]["finished"] == "True"
+    assert any(k.startswith("quantizable [running") and v["finished"] == "False" for k, v in rows.items())
+    # cost rows: BOPs shrink with bits, size too
+    assert float(rows["BOPs (G)"]["2-bit"]) < float(rows["BOPs (G)"]["4-bit"]) < float(rows["BOPs (G)"]["FP"])
+    assert float(rows["model size (MB)"]["2-bit"]) < float(rows["model size (MB)"]["FP"])
+    md = tmp_path / "t.md"
+    assert qdnn("report", fixture_runs, "--out", md).exit_code == 0
+    assert md.read_text().splitlines()[0].startswith("| variant")
+
+
+def test_report_reference_rows_and_plot_png(fixture_runs, tmp_path):
+    ref = tmp_path / "reference.csv"
+    ref.write_text("source,variant,FP,4-bit,2-bit\npaper,Q-DNN,73.0,71.5,65.0\n")
+    png = tmp_path / "plot.png"
+    r = qdnn("report", fixture_runs, "--reference", ref, "--plot", png)
+    assert r.exit_code == 0, r.output
+    assert "reference: Q-DNN (paper)" in r.output and "71.50" in r.output
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[0] > 400 and im.size[1] > 300
+
+
+def test_report_without_runs_is_one_line(tmp_path):
+    r = qdnn("report", tmp_path)
+    assert r.exit_code == 2 and "no qdnn runs" in r.output
+
+
+# ----------------------------------------------------------------------------- eval
+def test_eval_untrained_mode_needs_calibration(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.kind=dedicated", "quant.bits=[4]",
+                                                       "trainer.epochs=1")).exit_code == 0
+    refused = qdnn("eval", run, "--bits", "2,4", "--device", "cpu")
+    assert refused.exit_code == 2 and "[2] were never trained" in refused.output and "--calibrate-bn" in refused.output
+    ok = qdnn("eval", run, "--bits", "2,4", "--calibrate-bn", "2", "--device", "cpu")
+    assert ok.exit_code == 0, ok.output
+    (csv_path,) = run.glob("eval-checkpoint-*.csv")
+    rows = {r["mode"]: r for r in read_csv(csv_path)}
+    assert rows["2"]["calibrated"] == "True" and rows["2"]["calibration_batches"] == "2"
+    assert rows["4"]["calibrated"] == "False" and rows["4"]["trained"] == "True"
+    # the trained mode evaluates exactly as during training
+    assert float(rows["4"]["top1"]) == float(read_csv(run / "results.csv")[0]["top1"])
+
+
+def test_calibration_changes_only_the_calibrated_mode_statistics():
+    import torch
+
+    from qdnn_cli.data import TensorBatches
+    from qdnn_cli.engine.evaluation import calibrate_bn
+    from qdnn_cli.models import build_model
+    from qdnn_cli.quant import QuantSpec
+
+    net = build_model("tiny", QuantSpec((2, 4, 32)), 4, 3, width=8).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running_mean" in k}
+    loader = TensorBatches(torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8), torch.zeros(64, dtype=torch.long),
+                           16, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), shuffle=False)
+    assert calibrate_bn(net, loader, 2, batches=3) == 3
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".bn.2." in k for k in changed)
+
+
+# ----------------------------------------------------------------------------- reproduce
+def test_reproduce_skips_finished_runs_on_second_call(tmp_path):
+    args = ["reproduce", "quickstart", *[o for o in tiny_overrides(tmp_path / "unused", "trainer.epochs=1",
+                                                                    "quant.bits=[2,32]")],
+            "--runs-dir", tmp_path / "runs", "--report-dir", tmp_path / "report"]
+    first = qdnn(*args)
+    assert first.exit_code == 0, first.output
+    runs = sorted(p.name for p in (tmp_path / "runs" / "seed0").iterdir())
+    assert runs == sorted(["full", "no_consistency", "shared_bn", "no_consistency_shared_bn", "dedicated_2", "dedicated_32"])
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (tmp_path / "report" / name).exists()
+    stamp = (tmp_path / "runs" / "seed0" / "full" / "checkpoint.pt").stat().st_mtime_ns
+    second = qdnn(*args)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("finished already, skipped") == 6
+    assert (tmp_path / "runs" / "seed0" / "full" / "checkpoint.pt").stat().st_mtime_ns == stamp
