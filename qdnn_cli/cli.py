@@ -15,7 +15,8 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantizable DNNs: train one network for many bit-widths, ablate, sweep, evaluate, report.")
-console = Console(highlight=False)
+# Under torchrun only rank 0 talks; errors still reach stderr from every rank.
+console = Console(highlight=False, quiet=int(os.environ.get("RANK", "0")) != 0)
 err_console = Console(stderr=True, highlight=False)
 
 

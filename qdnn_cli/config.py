@@ -63,9 +63,16 @@ def _one_line(msg: str) -> str:
     lines = [line.strip() for line in msg.strip().splitlines() if line.strip()]
     keep = [line for line in lines if not line.startswith(("full_key", "object_type", "Set the environment", "Traceback"))]
     text = " ".join(keep[:2]) if keep else "invalid configuration"
-    if "Could not override" in text and "Key '" in msg:  # Hydra's wording for an unknown key
-        key = msg.split("Key '", 1)[1].split("'", 1)[0]
-        return f"unknown override key {key!r} (use +{key}=... only for keys qdnn does not define)"
+    import re
+
+    m = re.search(r"Could not override '([^']+)'", msg)
+    if m:  # Hydra's wording for a key the config does not have
+        return f"unknown override key {m.group(1)!r}: `qdnn train EXPERIMENT` prints every key, README lists them"
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
+    if m:  # a config group option that does not exist, e.g. model=resnet1000
+        group, option = m.groups()
+        choices = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        return f"{group}={option!r} is unknown: choose one of {', '.join(choices)}"
     return text
 
 
@@ -132,6 +139,8 @@ def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | N
         run_dir = Path(group) / (leaf or "run")
     else:
         run_dir = Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
+        return run_dir
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

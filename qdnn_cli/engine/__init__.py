@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, atomic_save, safe_load
+from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
 from .loop import Trainer, TrainingDiverged, evaluate, mode_label
 
 # Keys that may change between an interrupted run and its resumption.
@@ -47,13 +47,16 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
 def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True) -> dict:
     from ..config import save_config
 
-    check_same_run(cfg, run_dir)
     trainer = Trainer(cfg, run_dir, console=console, resume=resume)
-    if trainer.dist.is_main:
-        save_config(cfg, Path(run_dir), list(overrides))
+    lock = RunLock(run_dir).acquire() if trainer.dist.is_main else None
     try:
+        if trainer.dist.is_main:
+            check_same_run(cfg, run_dir)
+            save_config(cfg, Path(run_dir), list(overrides))
         return trainer.fit()
     finally:
+        if lock is not None:
+            lock.release()
         trainer.dist.shutdown()
 
 

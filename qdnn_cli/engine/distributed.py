@@ -58,6 +58,13 @@ class DistContext:
         for t in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(t.data, src=0)
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """BN running statistics are per process; use rank 0's everywhere (as DDP does)."""
+        if not self.enabled:
+            return
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
+
     def average_gradients(self, params) -> None:
         """All-reduce (mean) the accumulated gradients of all modes, bucketed."""
         if not self.enabled:

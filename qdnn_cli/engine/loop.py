@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import build_data
 from ..models import build_model, load_torchvision_weights
 from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict, set_bit_mode
-from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
+from .checkpoint import CheckpointError, atomic_save, safe_load
 from .distributed import DistContext
 from .losses import QuantizableLoss
 
@@ -232,6 +232,9 @@ class Trainer:
             state = safe_load(cfg.model.torchvision_weights)
             load_torchvision_weights(self.model, state.get("state_dict", state))
         self.model.to(self.device)
+        if self.dist.enabled and t.get("sync_bn") and self.device.type == "cuda":
+            # batch statistics over the global batch (NCCL); on CPU/gloo BN stays per process
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.dist.broadcast_model(self.model)
@@ -335,14 +338,10 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train to ``trainer.epochs``; the caller holds the run directory's lock."""
         self.setup()
-        lock = RunLock(self.run_dir).acquire() if self.dist.is_main else None
-        try:
-            self.try_resume()
-            return self._fit()
-        finally:
-            if lock:
-                lock.release()
+        self.try_resume()
+        return self._fit()
 
     def _fit(self) -> dict:
         t = self.cfg.trainer
@@ -386,6 +385,7 @@ class Trainer:
                 progress.remove_task(task)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
+                self.dist.broadcast_buffers(self.model)
                 t_eval = time.perf_counter()
                 last_eval = evaluate(self.model, data.val, self.modes_desc, self.amp_ctx, self.dist)
                 eval_seconds = time.perf_counter() - t_eval

@@ -256,15 +256,18 @@ def _is_quantizer_param(key: str) -> bool:
 class TinyNet(QuantizableNet):
     """Three-conv net for 8×8–32×32 inputs: the offline quickstart and unit tests."""
 
-    def __init__(self, spec: QuantSpec, num_classes=10, in_channels=1, width=32):
+    def __init__(self, spec: QuantSpec, num_classes=10, in_channels=1, width=32, norm=True):
         super().__init__(spec)
         fl = spec.quantize_first_last
+        # norm=False: no BatchNorm at all, for exact data-parallel equivalence tests
+        # (per-process BN batch statistics differ from full-batch ones by design).
+        bn = (lambda c: BitSpecificBN(c, spec)) if norm else (lambda c: nn.Identity())
         self.conv1 = QConv2d(in_channels, width, 3, spec, padding=1, quantize=fl, quantize_input=False)
-        self.bn1 = BitSpecificBN(width, spec)
+        self.bn1 = bn(width)
         self.conv2 = conv3x3(width, width * 2, spec, stride=2)
-        self.bn2 = BitSpecificBN(width * 2, spec)
+        self.bn2 = bn(width * 2)
         self.conv3 = conv3x3(width * 2, width * 2, spec)
-        self.bn3 = BitSpecificBN(width * 2, spec)
+        self.bn3 = bn(width * 2)
         self.fc = QLinear(width * 2, num_classes, spec, quantize=fl)
         _init_weights(self)
 
