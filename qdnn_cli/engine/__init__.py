@@ -38,7 +38,8 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     diffs = [k for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_DIFFERENCES)]
     if diffs:
-        k = diffs[0]
+        headline = ("model.name", "data.name", "quant.bits", "trainer.kind")
+        k = sorted(diffs, key=lambda d: (d not in headline, headline.index(d) if d in headline else 0, d))[0]
         raise RunMismatch(f"{run_dir} holds a run with {k}={old.get(k)!r}, this one has {k}={new.get(k)!r}"
                           f"{f' (+{len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}; "
                           "choose another out_dir")

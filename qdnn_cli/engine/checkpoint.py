@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -58,7 +57,7 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
                 "(loading it could run code); only plain checkpoints are accepted"
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint: {msg.splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # truncated zip, legacy/foreign pickle (KeyError, EOFError, ...)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or foreign file): {first}") from None
     if not isinstance(obj, dict):

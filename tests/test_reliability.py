@@ -1,0 +1,173 @@
+"""Crash safety, safe checkpoint loading and every bad input answered with one line."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv, write_folder_tree
+from qdnn_cli.engine.checkpoint import CheckpointError, RunLock, atomic_save, safe_load
+
+QDNN = str(Path(sys.executable).with_name("qdnn"))
+
+
+def _one_error_line(result):
+    lines = [x for x in result.output.strip().splitlines() if x.strip()]
+    return len(lines) >= 1 and lines[-1].startswith("error:") and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- kill -9
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    common = ["data.train_size=768", "trainer.batch_size=16", "trainer.epochs=3", "model.kwargs.width=16",
+              "quant.bits=[2,32]"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert qdnn("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
+
+    proc = subprocess.Popen([QDNN, "train", "quickstart", *tiny_overrides(killed, *common)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = killed / "status.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # wait until epoch 1 is checkpointed, i.e. epoch 2 is running
+        if status.exists() and '"epoch": 1' in status.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("epoch 1 never finished")
+    time.sleep(0.3)  # well inside epoch 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.csv").exists()
+    assert safe_load(killed / "checkpoint.pt")["epoch"] in (1, 2)  # readable whatever the moment
+
+    r = qdnn("train", "quickstart", *tiny_overrides(killed, *common))
+    assert r.exit_code == 0, r.output
+    keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
+    strip = lambda rows: [{k: x[k] for k in keep} for x in rows]
+    assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(killed / "metrics.csv"))
+    a, b = safe_load(straight / "checkpoint.pt")["model"], safe_load(killed / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def test_atomic_save_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(CheckpointError, match="disk is full; the previous checkpoint.pt is intact"):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert safe_load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind
+
+
+# ----------------------------------------------------------------------------- safe loading
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_checkpoint_is_refused_and_executes_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(str(marker))}, evil)
+    with pytest.raises(CheckpointError, match="refusing"):
+        safe_load(evil)
+    r = qdnn("eval", evil)
+    assert r.exit_code == 2 and _one_error_line(r) and "refusing" in r.output
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_checkpoints_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+    data = (run / "checkpoint.pt").read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_text("hello, not a checkpoint")
+    for path in (trunc, foreign):
+        r = qdnn("eval", path)
+        assert r.exit_code == 2 and _one_error_line(r) and "not a readable checkpoint" in r.output, r.output
+    # a corrupt checkpoint in a run directory stops resumption with the same message
+    (run / "checkpoint.pt").write_bytes(data[:100])
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=2"))
+    assert r.exit_code == 2 and "not a readable checkpoint" in r.output
+
+
+# ----------------------------------------------------------------------------- NaN
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # epoch 1 trains normally, then the step schedule multiplies the lr by 1e30
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=3", "sched.name=step",
+                                                    "sched.milestones=[1]", "sched.gamma=1e30"))
+    assert r.exit_code == 2, r.output
+    assert _one_error_line(r) and "non-finite" not in r.output.splitlines()[-1] or "loss became" in r.output
+    assert "epoch 2" in r.output and "last good checkpoint (epoch 1)" in r.output
+    assert safe_load(run / "checkpoint.pt")["epoch"] == 1
+    assert '"failed"' in (run / "status.json").read_text()
+
+
+# ----------------------------------------------------------------------------- lock
+def test_second_writer_is_refused_while_a_run_holds_the_directory(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        r = qdnn("train", "quickstart", *tiny_overrides(run))
+        assert r.exit_code == 2 and "is in use by pid" in r.output
+    assert not (run / "config.yaml").exists()  # nothing written by the refused run
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_resume_from_a_run_of_another_model_is_refused(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+    before = (run / "metrics.csv").read_text()
+    other = [o for o in tiny_overrides(run) if not o.startswith("model")] + ["model=resnet20"]
+    r = qdnn("train", "quickstart", *other)
+    assert r.exit_code == 2 and "model.name='tiny'" in r.output and "another out_dir" in r.output
+    assert (run / "metrics.csv").read_text() == before  # nothing lost
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing_root", "does not exist"),
+    ("empty_class", "has no images"),
+    ("unreadable", "cannot read image"),
+    ("mixed_sizes", "in-memory folders need one image size"),
+    ("too_small_for_model", "needs images of at least 64px"),
+    ("missing_split", "split folder"),
+])
+def test_bad_data_inputs_are_one_line(tmp_path, case, needle):
+    root = tmp_path / "tree"
+    extra = []
+    if case != "missing_root":
+        write_folder_tree(root, classes=2, per_class=(4, 2), size=8)
+    if case == "empty_class":
+        (root / "train" / "cls9").mkdir()
+    elif case == "unreadable":
+        (root / "train" / "cls0" / "0.png").write_bytes(b"not a png")
+    elif case == "mixed_sizes":
+        from PIL import Image
+
+        Image.new("RGB", (12, 12)).save(root / "train" / "cls1" / "big.png")
+    elif case == "too_small_for_model":
+        extra = ["model=resnet18"]
+    elif case == "missing_split":
+        extra = ["data.val_split=test"]
+    r = qdnn("train", "quickstart", "data=folder", f"data.root={root}", "trainer.epochs=1", "trainer.device=cpu",
+             "trainer.progress=false", f"out_dir={tmp_path / 'run'}", *extra)
+    assert r.exit_code == 2 and _one_error_line(r) and needle in r.output, r.output
