@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, atomic_save, safe_load
 from .distributed import DistContext
 from .losses import QuantizableLoss
 
-METRIC_FIELDS = ["epoch", "mode", "split", "loss", "top1", "top5", "lr", "seconds", "images_per_s",
+METRIC_FIELDS = ["epoch", "mode", "split", "loss", "top1", "top5", "lr", "images", "seconds", "images_per_s",
                  "data_time_share", "peak_mem_mb"]
 RESULT_FIELDS = ["mode", "top1", "top5", "loss", "best_top1", "epochs", "calibrated"]
 
@@ -438,14 +438,14 @@ class Trainer:
                              "loss": round((stats.loss[m] / seen).item(), 6),
                              "top1": round(100 * float(stats.correct[m]) / seen, 4),
                              "top5": round(100 * float(stats.correct5[m]) / seen, 4),
-                             "lr": lr, "seconds": round(mode_s if mode_s else train_s, 4),
+                             "lr": lr, "images": int(seen_all), "seconds": round(mode_s if mode_s else train_s, 4),
                              "images_per_s": round(ips, 2), "data_time_share": round(data_share, 5),
                              "peak_mem_mb": round(peak, 1)})
         for m in self.modes_desc:
             r = ev[m]
             rows.append({"epoch": epoch, "mode": m, "split": "val", "loss": round(r["loss"], 6),
                          "top1": round(r["top1"], 4), "top5": round(r["top5"], 4), "lr": lr,
-                         "seconds": round(eval_s, 4), "images_per_s": round(self.data.num_val * len(ev) / max(eval_s, 1e-9), 2),
+                         "images": self.data.num_val, "seconds": round(eval_s, 4), "images_per_s": round(self.data.num_val * len(ev) / max(eval_s, 1e-9), 2),
                          "data_time_share": "", "peak_mem_mb": round(peak, 1)})
         return rows
 

@@ -1,0 +1,106 @@
+"""Device-side augmentation matches torchvision's RandomCrop(padding) + RandomHorizontalFlip."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2_contingency, chisquare
+
+from qdnn_cli.data import Augment, TensorBatches, random_crop_flip, stratified_subset
+from qdnn_cli.engine.loop import sample_modes
+
+
+def _coordinate_image(size=32):
+    """channel 0 = row + 1, channel 1 = column + 1, so every crop reveals its offset."""
+    rows = torch.arange(size).view(size, 1).expand(size, size) + 1
+    cols = torch.arange(size).view(1, size).expand(size, size) + 1
+    return torch.stack([rows, cols, torch.zeros(size, size, dtype=torch.long)]).to(torch.uint8)
+
+
+def _params(out, pad=4):
+    """(oy, ox, flipped) of a crop of the coordinate image."""
+    r, c1, c2 = int(out[0, 16, 16]), int(out[1, 16, 16]), int(out[1, 16, 17])
+    flipped = c2 < c1
+    oy = r - 1 - 16 + pad
+    ox = (c1 - 1 - 16 + pad) if not flipped else (c1 - 1 - 15 + pad)
+    return oy, ox, flipped
+
+
+def test_crop_flip_distribution_matches_torchvision():
+    from torchvision import transforms as T
+
+    img = _coordinate_image()
+    n = 8000
+    batch = img.unsqueeze(0).expand(n, -1, -1, -1).contiguous()
+    ours = random_crop_flip(batch, 4, True, torch.Generator().manual_seed(0))
+    ours_params = [_params(o) for o in ours]
+
+    torch.manual_seed(0)
+    tv = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+    tv_params = [_params(tv(img)) for _ in range(n)]
+
+    def table(params):
+        counts = np.zeros((9, 9, 2))
+        for oy, ox, f in params:
+            counts[oy, ox, int(f)] += 1
+        return counts
+
+    a, b = table(ours_params), table(tv_params)
+    assert a.sum() == n  # every crop is a valid RandomCrop(padding=4) window
+    # uniform over the 81 offsets and both flips, like torchvision's get_params
+    assert chisquare(a.reshape(-1)).pvalue > 1e-3
+    assert abs(a[:, :, 1].sum() / n - 0.5) < 0.03
+    # and the same distribution as torchvision's (homogeneity test)
+    assert chi2_contingency(np.stack([a.reshape(-1), b.reshape(-1)])).pvalue > 1e-3
+
+
+def test_crops_equal_torchvision_crop_of_padded_image():
+    import torchvision.transforms.functional as TF
+
+    img = torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
+    coord = _coordinate_image()
+    batch = torch.stack([coord, img]).repeat(50, 1, 1, 1)  # coordinate images at even positions
+    out = random_crop_flip(batch, 4, True, torch.Generator().manual_seed(3))
+    for o in out[::2]:
+        oy, ox, f = _params(o)
+        expected = TF.crop(TF.pad(coord, [4]), oy, ox, 32, 32)
+        assert torch.equal(o, TF.hflip(expected) if f else expected)
+
+
+def test_tensor_batches_keep_labels_aligned_and_cover_each_epoch():
+    n = 100
+    labels = torch.arange(n) % 7
+    images = (labels * 30).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 16, 16).contiguous()
+    loader = TensorBatches(images, labels, 16, (0.0,) * 3, (1 / 255,) * 3, torch.device("cpu"), shuffle=True,
+                           augment=Augment(crop_padding=2, flip=True), seed=1)
+    seen = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        ys = []
+        for x, y in loader:
+            # the centre pixel is never padding: its value encodes the label
+            assert torch.equal(x[:, 0, 8, 8].round().long(), y * 30)
+            ys.append(y)
+        seen.append(torch.cat(ys))
+        assert sorted(seen[-1].tolist()) == sorted(labels.tolist())
+    assert not torch.equal(seen[0], seen[1])  # reshuffled per epoch
+    loader.set_epoch(0)
+    assert torch.equal(torch.cat([y for _, y in loader]), seen[0])  # and reproducible
+
+
+def test_stratified_subset_is_class_balanced():
+    labels = torch.arange(1000) % 10
+    idx = stratified_subset(labels, 0.2, seed=0)
+    assert len(idx) == 200
+    assert torch.bincount(labels[idx]).tolist() == [20] * 10
+    assert torch.equal(idx, stratified_subset(labels, 0.2, seed=0))
+
+
+def test_sandwich_visits_every_mode_and_always_the_extremes():
+    import random
+
+    modes = [32, 8, 4, 3, 2]
+    rng = random.Random(0)
+    picks = [sample_modes(modes, "sandwich", 1, rng) for _ in range(30)]
+    assert all(p[0] == 32 and p[-1] == 2 and len(p) == 3 for p in picks)
+    assert all(p == sorted(p, reverse=True) for p in picks)
+    assert {m for p in picks for m in p} == set(modes)
+    assert sample_modes(modes, "all", 1, rng) == modes
