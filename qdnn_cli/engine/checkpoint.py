@@ -58,7 +58,7 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint: {msg.splitlines()[0]}") from None
     except Exception as e:  # truncated zip, legacy/foreign pickle (KeyError, EOFError, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or foreign file): {first}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a qdnn checkpoint (holds a {type(obj).__name__})")
