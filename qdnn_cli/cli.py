@@ -105,7 +105,8 @@ def train_one(experiment: Optional[str], overrides: List[str], quiet_config: boo
     run_dir = make_run_dir(cfg, group, leaf)
     console.print(f"run directory: {run_dir}")
     results = run_training(cfg, run_dir, overrides, console=console)
-    print_results(results, f"{cfg.name}: final validation accuracy per bit mode", run_dir)
+    if results:
+        print_results(results, f"{cfg.name}: final validation accuracy per bit mode", run_dir)
     return run_dir, results
 
 

@@ -118,3 +118,12 @@ def test_console_script_end_to_end(tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "r" / "results.csv").exists()
+
+
+def test_eval_every_skips_middle_evaluations_but_always_the_last(tmp_path):
+    out = tmp_path / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(out, "trainer.epochs=3", "trainer.eval_every=2", "quant.bits=[2,32]"))
+    assert r.exit_code == 0, r.output
+    val_epochs = sorted({x["epoch"] for x in read_csv(out / "metrics.csv") if x["split"] == "val"})
+    assert val_epochs == ["2", "3"]
+    assert "train loss:" in r.output  # epoch 1 shows training loss instead

@@ -10,7 +10,7 @@ from .loop import Trainer, TrainingDiverged, evaluate, mode_label
 
 # Keys that may change between an interrupted run and its resumption.
 RESUMABLE_DIFFERENCES = ("trainer.epochs", "trainer.progress", "trainer.num_threads", "trainer.log_every",
-                         "trainer.device", "trainer.stop_after", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
+                         "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
 
 
 class RunMismatch(ValueError):

@@ -349,6 +349,7 @@ class Trainer:
         mode_rng = random.Random()
         time_modes = self.device.type == "cpu"
         max_steps = t.get("max_steps_per_epoch")
+        eval_every = max(1, int(t.get("eval_every", 1)))
         log_every = max(1, int(t.get("log_every", 20)))
         progress = make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main)
         self.write_status("running", self.start_epoch)
@@ -386,14 +387,16 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.scheduler.step()
                 self.dist.broadcast_buffers(self.model)
-                t_eval = time.perf_counter()
-                last_eval = evaluate(self.model, data.val, self.modes_desc, self.amp_ctx, self.dist)
-                eval_seconds = time.perf_counter() - t_eval
-                rows = self._epoch_rows(epoch + 1, stats, last_eval, lr, train_seconds, eval_seconds,
+                ev, eval_seconds, is_best = None, 0.0, False
+                if (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs:
+                    t_eval = time.perf_counter()
+                    ev = last_eval = evaluate(self.model, data.val, self.modes_desc, self.amp_ctx, self.dist)
+                    eval_seconds = time.perf_counter() - t_eval
+                    score = sum(r["top1"] for r in ev.values()) / len(ev)
+                    is_best = score > self.best
+                    self.best = max(self.best, score)
+                rows = self._epoch_rows(epoch + 1, stats, ev, lr, train_seconds, eval_seconds,
                                         data_time / max(train_seconds, 1e-9), n_images)
-                score = sum(r["top1"] for r in last_eval.values()) / len(last_eval)
-                is_best = score > self.best
-                self.best = max(self.best, score)
                 if self.dist.is_main:
                     self._append_metrics(rows)
                     self.history += rows
@@ -402,7 +405,7 @@ class Trainer:
                     if is_best:
                         atomic_save(state, self.run_dir / "best.pt")
                     self.write_status("running", epoch + 1)
-                    self.log(epoch_line(epoch + 1, self.epochs, last_eval, train_seconds))
+                    self.log(epoch_line(epoch + 1, self.epochs, ev, stats, train_seconds))
         if last_eval is None:  # nothing left to train: report the stored last epoch
             last_eval = self._last_eval_from_history()
         if end_epoch < self.epochs:  # time-boxed invocation: leave a resumable run
@@ -441,7 +444,7 @@ class Trainer:
                              "lr": lr, "images": int(seen_all), "seconds": round(mode_s if mode_s else train_s, 4),
                              "images_per_s": round(ips, 2), "data_time_share": round(data_share, 5),
                              "peak_mem_mb": round(peak, 1)})
-        for m in self.modes_desc:
+        for m in self.modes_desc if ev else ():
             r = ev[m]
             rows.append({"epoch": epoch, "mode": m, "split": "val", "loss": round(r["loss"], 6),
                          "top1": round(r["top1"], 4), "top5": round(r["top5"], 4), "lr": lr,
@@ -449,10 +452,13 @@ class Trainer:
                          "data_time_share": "", "peak_mem_mb": round(peak, 1)})
         return rows
 
-    def _last_eval_from_history(self) -> dict:
-        last = max(int(r["epoch"]) for r in self.history)
+    def _last_eval_from_history(self) -> dict | None:
+        val = [r for r in self.history if r["split"] == "val"]
+        if not val:
+            return None
+        last = max(int(r["epoch"]) for r in val)
         return {int(r["mode"]): {"loss": float(r["loss"]), "top1": float(r["top1"]), "top5": float(r["top5"])}
-                for r in self.history if r["split"] == "val" and int(r["epoch"]) == last}
+                for r in val if int(r["epoch"]) == last}
 
     def _write_results(self, ev: dict) -> dict:
         if not self.dist.is_main:
@@ -472,7 +478,11 @@ class Trainer:
         return ev
 
 
-def epoch_line(epoch, epochs, ev, seconds) -> str:
+def epoch_line(epoch, epochs, ev, stats, seconds) -> str:
+    if ev is None:  # not an evaluation epoch (trainer.eval_every): show training loss
+        cells = "  ".join(f"{mode_label(m)} {(stats.loss[m] / stats.seen[m]).item():.3f}"
+                          for m in sorted(stats.loss, reverse=True))
+        return f"epoch {epoch}/{epochs}  train loss: {cells}  ({seconds:.1f}s train)"
     cells = "  ".join(f"{mode_label(m)} {r['top1']:.2f}" for m, r in sorted(ev.items(), reverse=True))
     return f"epoch {epoch}/{epochs}  val top-1: {cells}  ({seconds:.1f}s train)"
 
