@@ -40,6 +40,18 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def cifar_stages(block, widths, n, spec) -> list[nn.Sequential]:
+    """Three stages of n blocks; the first block of stages 2 and 3 halves the resolution."""
+    stages, cin = [], widths[0]
+    for i, w in enumerate(widths):
+        blocks = []
+        for j in range(n):
+            blocks.append(block(cin, w, 2 if (i > 0 and j == 0) else 1, spec))
+            cin = w
+        stages.append(nn.Sequential(*blocks))
+    return stages
+
+
 # ------------------------------------------------------------------- CIFAR post-activation
 class CifarBasicBlock(nn.Module):
     """He et al. CIFAR block with the parameter-free "option A" shortcut (zero-padded stride-2 identity)."""
@@ -75,15 +87,8 @@ class CifarResNet(QuantizableNet):
         fl = spec.quantize_first_last
         self.conv1 = QConv2d(in_channels, widths[0], 3, spec, padding=1, quantize=fl, quantize_input=False)
         self.bn1 = BitSpecificBN(widths[0], spec)
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                blocks.append(CifarBasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, spec))
-                cin = w
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.fc = QLinear(cin, num_classes, spec, quantize=fl)
+        self.layer1, self.layer2, self.layer3 = cifar_stages(CifarBasicBlock, widths, n, spec)
+        self.fc = QLinear(widths[-1], num_classes, spec, quantize=fl)
         _init_weights(self)
 
     def forward(self, x):
@@ -121,16 +126,9 @@ class PreActResNet(QuantizableNet):
         widths = [16 * width, 32 * width, 64 * width]
         fl = spec.quantize_first_last
         self.conv1 = QConv2d(in_channels, widths[0], 3, spec, padding=1, quantize=fl, quantize_input=False)
-        layers, cin = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(cin, w, 2 if (i > 0 and j == 0) else 1, spec))
-                cin = w
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.bn = BitSpecificBN(cin, spec)
-        self.fc = QLinear(cin, num_classes, spec, quantize=fl)
+        self.layer1, self.layer2, self.layer3 = cifar_stages(PreActBlock, widths, n, spec)
+        self.bn = BitSpecificBN(widths[-1], spec)
+        self.fc = QLinear(widths[-1], num_classes, spec, quantize=fl)
         _init_weights(self)
 
     def forward(self, x):
