@@ -127,3 +127,17 @@ def test_eval_every_skips_middle_evaluations_but_always_the_last(tmp_path):
     val_epochs = sorted({x["epoch"] for x in read_csv(out / "metrics.csv") if x["split"] == "val"})
     assert val_epochs == ["2", "3"]
     assert "train loss:" in r.output  # epoch 1 shows training loss instead
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_large_image_folder_streams_through_a_dataloader(tmp_path, workers):
+    root = write_folder_tree(tmp_path / "big", classes=2, per_class=(6, 4), size=72)
+    out = tmp_path / "run"
+    r = qdnn("train", "imagenet", f"data.root={root}", "data.image_size=64", f"data.workers={workers}",
+             "model=tiny", "model.kwargs.width=8", "quant.bits=[2,32]", "trainer.epochs=1", "trainer.batch_size=4",
+             "trainer.eval_batch_size=4", "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}")
+    assert r.exit_code == 0, r.output
+    info = __import__("json").loads((out / "data_info.json").read_text())
+    assert info == {"num_classes": 2, "in_channels": 3, "image_size": 64, "num_train": 12, "num_val": 8}
+    val = [x for x in read_csv(out / "metrics.csv") if x["split"] == "val"]
+    assert {x["images"] for x in val} == {"8"}
