@@ -1,0 +1,83 @@
+"""Data: ``build_data(data_cfg, ...)`` returns train/val batch iterables on the device.
+
+Small images (CIFAR, digits, synthetic, folders of ≤ ``max_in_memory_size`` px) are held
+as one uint8 tensor on the training device (:class:`TensorBatches`); large-image folders
+(ImageNet) stream through a DataLoader with workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .sources import (
+    CIFAR_STATS, DataError, Source, load_cifar, load_digits, load_folder, make_synthetic, stratified_subset,
+)
+from .tensor_loader import Augment, TensorBatches, random_crop_flip
+
+DATA_NAMES = ("cifar100", "cifar10", "folder", "digits", "synthetic")
+
+
+@dataclass
+class DataBundle:
+    train: object
+    val: object
+    num_classes: int
+    in_channels: int
+    image_size: int
+    classes: list
+    num_train: int
+    num_val: int
+
+
+def load_source(d, seed: int) -> Source:
+    name = d.name
+    if name in ("cifar100", "cifar10"):
+        return load_cifar(name, d.root, bool(d.download))
+    if name == "folder":
+        stats = None
+        if d.get("mean") is not None and d.get("std") is not None:
+            stats = (tuple(d.mean), tuple(d.std))
+        return load_folder(d.root, d.train_split, d.val_split, int(d.get("in_channels", 3)),
+                           int(d.get("max_in_memory_size", 64)), stats)
+    if name == "digits":
+        return load_digits(seed)
+    if name == "synthetic":
+        return make_synthetic(int(d.num_classes), int(d.train_size), int(d.val_size), int(d.image_size),
+                              int(d.get("in_channels", 3)), seed)
+    raise DataError(f"unknown data.name {name!r}: choose one of {', '.join(DATA_NAMES)}")
+
+
+def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
+               channels_last: bool = False, rank: int = 0, world: int = 1, workers: int = 4) -> DataBundle:
+    src = load_source(d, seed)
+    fraction = float(d.get("train_fraction", 1.0))
+    train = src.train
+    if fraction != 1:
+        idx = stratified_subset(train.labels, fraction, seed)
+        if src.in_memory:
+            train = type(train)(train.images[idx], train.labels[idx])
+        else:
+            train = type(train)(None, train.labels[idx], [train.files[i] for i in idx.tolist()])
+    num_classes = len(src.classes)
+    aug = Augment(int(d.get("crop_padding", 0)), bool(d.get("flip", False)))
+    if src.in_memory:
+        tr = TensorBatches(train.images, train.labels, batch_size, src.mean, src.std, device, shuffle=True,
+                           augment=aug, seed=seed, drop_last=False, channels_last=channels_last,
+                           rank=rank, world=world)
+        va = TensorBatches(src.val.images, src.val.labels, eval_batch_size, src.mean, src.std, device,
+                           shuffle=False, channels_last=channels_last, rank=rank, world=world)
+    else:
+        from .folder_stream import StreamBatches
+
+        size = int(d.get("image_size", 224))
+        tr = StreamBatches(train.files, train.labels, batch_size, size, src.mean, src.std, device, True,
+                           seed, workers, channels_last, rank, world)
+        va = StreamBatches(src.val.files, src.val.labels, eval_batch_size, size, src.mean, src.std, device,
+                           False, seed, workers, channels_last)
+    return DataBundle(tr, va, num_classes, src.in_channels, src.image_size if src.in_memory else int(d.get("image_size", 224)),
+                      src.classes, int(train.labels.numel()), int(src.val.labels.numel()))
+
+
+__all__ = ["build_data", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
+           "stratified_subset", "CIFAR_STATS", "DATA_NAMES"]
