@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .engine.loop import backward_modes
 from .engine.losses import QuantizableLoss
@@ -146,7 +145,7 @@ def main(argv=None):
         print(f"end-to-end CPU epoch ({args.e2e_images} in-memory 32x32 images, ResNet-20, all {b} modes, batch 128):")
         print(f"  train_images_per_s = {e2e['train_images_per_s']:.1f}  (x{b} modes = "
               f"{e2e['train_images_per_s'] * b:.1f} image-passes/s)")
-        print(f"  per_mode_images_per_s = " + ", ".join(f"{m}:{v:.0f}" for m, v in sorted(e2e["per_mode_images_per_s"].items())))
+        print("  per_mode_images_per_s = " + ", ".join(f"{m}:{v:.0f}" for m, v in sorted(e2e["per_mode_images_per_s"].items())))
         share = e2e["data_time_share"]
         print(f"  data_time_share = {share:.4f}  (target <= 0.05: {'met' if share <= 0.05 else 'NOT met'})")
         ratios["cpu_train_images_per_s"] = e2e["train_images_per_s"]

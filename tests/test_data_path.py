@@ -1,6 +1,5 @@
 """Device-side augmentation matches torchvision's RandomCrop(padding) + RandomHorizontalFlip."""
 import numpy as np
-import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
