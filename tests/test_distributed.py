@@ -41,3 +41,17 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     ra = (single / "results.csv").read_text()
     rb = (double / "results.csv").read_text()
     assert [l.split(",")[:2] for l in ra.splitlines()] == [l.split(",")[:2] for l in rb.splitlines()]
+
+
+def test_rank_0_failure_before_training_stops_every_rank(tmp_path):
+    """A locked run directory fails on rank 0; rank 1 must exit too instead of waiting."""
+    from qdnn_cli.engine.checkpoint import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    with RunLock(run):
+        two = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "qdnn_cli.cli", "train",
+                              "quickstart", *tiny_overrides(run)], capture_output=True, text=True, timeout=120)
+    assert two.returncode != 0
+    assert "is in use by pid" in two.stderr

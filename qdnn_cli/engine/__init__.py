@@ -49,11 +49,18 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
     from ..config import save_config
 
     trainer = Trainer(cfg, run_dir, console=console, resume=resume)
-    lock = RunLock(run_dir).acquire() if trainer.dist.is_main else None
+    lock, error = None, None
     try:
-        if trainer.dist.is_main:
-            check_same_run(cfg, run_dir)
-            save_config(cfg, Path(run_dir), list(overrides))
+        if trainer.dist.is_main:  # only rank 0 owns the run directory
+            try:
+                lock = RunLock(run_dir).acquire()
+                check_same_run(cfg, run_dir)
+                save_config(cfg, Path(run_dir), list(overrides))
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = e
+        # every rank learns whether rank 0 may proceed, so none waits forever in a collective
+        if not trainer.dist.all_ok(error is None):
+            raise error or RuntimeError("rank 0 could not prepare the run directory; see its error")
         return trainer.fit()
     finally:
         if lock is not None:

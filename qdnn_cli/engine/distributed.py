@@ -47,6 +47,16 @@ class DistContext:
             dist.init_process_group("nccl" if use_cuda else "gloo")
         return cls(rank, world, local)
 
+    def all_ok(self, ok: bool) -> bool:
+        """True on every rank only if ``ok`` is true on every rank."""
+        if not self.enabled:
+            return ok
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     def barrier(self):
         if self.enabled:
             dist.barrier()
