@@ -124,7 +124,7 @@ def _list_files(split_dir: Path, classes: list[str]) -> tuple[list[str], list[in
         if not cdir.is_dir():
             continue
         found = sorted(str(p) for p in cdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found and split_dir.name != "":
+        if not found:
             raise DataError(f"class folder {cdir} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += found
         labels += [label] * len(found)

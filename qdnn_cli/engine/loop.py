@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import build_data
 from ..models import build_model, load_torchvision_weights
-from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict, set_bit_mode
+from ..quant import QuantSpec, load_quantizable_state_dict, mode_label, quantizable_state_dict, set_bit_mode
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .distributed import DistContext
 from .losses import QuantizableLoss
@@ -486,9 +486,6 @@ def epoch_line(epoch, epochs, ev, stats, seconds) -> str:
     cells = "  ".join(f"{mode_label(m)} {r['top1']:.2f}" for m, r in sorted(ev.items(), reverse=True))
     return f"epoch {epoch}/{epochs}  val top-1: {cells}  ({seconds:.1f}s train)"
 
-
-def mode_label(m: int) -> str:
-    return "FP" if m == 32 else f"{m}-bit"
 
 
 def compile_model(model, n_modes: int):

@@ -20,10 +20,10 @@ from .layers import (
     quantizable_state_dict,
     set_bit_mode,
 )
-from .quantizers import FULL_PRECISION, VALID_BITS, check_bits
+from .quantizers import FULL_PRECISION, VALID_BITS, check_bits, mode_label
 
 __all__ = [
     "BitModeError", "BitSpecificBN", "QConv2d", "QLinear", "QuantSpec", "bit_mode",
     "current_bit_mode", "load_quantizable_state_dict", "model_modes", "quantizable_state_dict",
-    "set_bit_mode", "FULL_PRECISION", "VALID_BITS", "check_bits",
+    "set_bit_mode", "FULL_PRECISION", "VALID_BITS", "check_bits", "mode_label",
 ]

@@ -12,11 +12,9 @@ import json
 import statistics
 from pathlib import Path
 
+from ..quant import mode_label
 from .collect import RunRecord
 
-
-def mode_label(m: int) -> str:
-    return "FP" if m == 32 else f"{m}-bit"
 
 
 def _label_mode(label: str) -> int:
