@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all quickstart bench ddp-smoke clean
+.PHONY: install test test-all quickstart bench ddp-smoke device-site device-check clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,15 @@ bench: $(STAMP)
 # Two CPU processes (gloo) on the quickstart: what `torchrun --nproc_per_node=N` does on GPUs.
 ddp-smoke: $(STAMP)
 	$(BIN)/torchrun --standalone --nproc_per_node=2 -m qdnn_cli.cli train quickstart trainer.device=cpu trainer.epochs=2
+
+# On a GPU machine whose Python has torch but not hydra/omegaconf: copy those pure-Python
+# packages from this venv into .site/ (ignored by git), then run the prepared CUDA check.
+device-site: $(STAMP)
+	rm -rf .site && mkdir .site
+	cd $$($(BIN)/python -c "import site; print(site.getsitepackages()[0])") && cp -r hydra omegaconf antlr4 $(CURDIR)/.site/
+
+device-check:
+	bash scripts/device_check.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

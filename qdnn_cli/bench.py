@@ -13,6 +13,7 @@ straight-through quantizers and one full-size teacher forward kept alive for the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -60,11 +61,12 @@ def measure(fns: dict, repeats: int, warmup: int = 2) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool = False, epochs: int = 1) -> dict:
+def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool = False, epochs: int = 1,
+               compile: str | bool = False) -> dict:
     """One real engine run (``qdnn train``'s code path) on an in-memory CIFAR-sized set:
     ResNet-20, 100 classes, 32x32, batch 128, all five modes. Returns the last epoch's
     train images/s (images × modes trained per second is B times this), data-time share,
-    and epoch seconds."""
+    epoch seconds (training wall time of that epoch) and per-mode images/s."""
     import csv
     import tempfile
     from pathlib import Path
@@ -77,38 +79,88 @@ def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool 
                                    "data.image_size=32", "data.num_classes=100", "data.crop_padding=4",
                                    f"trainer.epochs={epochs}", f"trainer.device={device}", f"trainer.amp={amp}",
                                    f"trainer.channels_last={str(channels_last).lower()}", "trainer.progress=false",
+                                   f"trainer.compile={str(compile).lower() if isinstance(compile, bool) else compile}",
                                    f"out_dir={tmp}"])
         run_training(cfg, Path(tmp), [])
         with open(Path(tmp) / "metrics.csv", newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["split"] == "train" and int(r["epoch"]) == epochs]
-    # per-mode seconds are measured on CPU; the epoch wall time is what a user waits for
-    epoch_s = max(float(r["seconds"]) for r in rows) if device == "cuda" else sum(float(r["seconds"]) for r in rows)
+    epoch_s = float(rows[0]["epoch_seconds"])
     return {"train_images_per_s": images / epoch_s, "epoch_seconds": epoch_s,
             "data_time_share": float(rows[0]["data_time_share"]),
             "per_mode_images_per_s": {int(r["mode"]): float(r["images_per_s"]) for r in rows}}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--modes", default="2,3,4,8,32")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--e2e-images", type=int, default=2560, help="images in the end-to-end epoch (0 skips it)")
-    args = p.parse_args(argv)
-    modes = sorted((int(b) for b in args.modes.split(",")), reverse=True)
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 100, (args.batch,))
+def device_steps(modes: list[int], batch: int, steps: int, deadline: float, device: str = "cuda",
+                 only: tuple[str, ...] | None = None) -> dict:
+    """Median joint-step time (s) on a device for eager and compiled variants, same batch.
+
+    Each variant gets a fresh ResNet-20; its warm-up (which includes compilation, one
+    graph per bit mode) is timed separately. Synchronised wall clock around ``steps``
+    steps, three rounds, median of the per-step means.
+    """
+    from .engine.loop import compile_model
+
+    dev = torch.device(device)
+    torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 100, (batch,), device=dev)
     loss_fn = QuantizableLoss()
-
-    def make(weight, act):
-        model = build_model(args.model, QuantSpec(tuple(modes), weight, act), num_classes=100).train()
-        if args.channels_last:
+    bf16 = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
+    variants = [  # name, weight/act quantizer, amp, channels_last, compile mode, modes
+        ("eager_fp32", "dorefa", None, False, None, modes),
+        ("eager_bf16_cl", "dorefa", bf16, True, None, modes),
+        ("eager_bf16_cl_fp_only", "dorefa", bf16, True, None, [32]),
+        ("eager_bf16_cl_4bit_only", "dorefa", bf16, True, None, [4]),
+        ("naive_bf16_cl", "naive", bf16, True, None, modes),
+        ("compiled_ro_bf16_cl", "dorefa", bf16, True, "reduce-overhead", modes),
+        ("compiled_bf16_cl", "dorefa", bf16, True, "default", modes),
+    ]
+    out = {}
+    for name, q, amp, cl, comp, ms in variants:
+        if only is not None and name not in only:
+            continue
+        if time.perf_counter() > deadline:
+            print(f"  {name}: skipped (bench time budget spent)")
+            continue
+        model = build_model("resnet20", QuantSpec(tuple(modes), q, q), num_classes=100).to(dev).train()
+        xin = x
+        if cl:
             model = model.to(memory_format=torch.channels_last)
-        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            xin = x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        forward = compile_model(model, len(modes), comp) if comp else model
+        amp_ctx = amp or contextlib.nullcontext
 
+        def step():
+            if comp == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            opt.zero_grad(set_to_none=True)
+            backward_modes(model, forward, xin, y, ms, loss_fn, True, amp_ctx)
+            opt.step()
+        try:
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step()
+            sync()
+            warm = time.perf_counter() - t0
+            per_step = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                sync()
+                per_step.append((time.perf_counter() - t0) / steps)
+        except Exception as e:  # report and go on: one broken variant must not hide the rest
+            print(f"  {name}: FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        out[name] = statistics.median(per_step)
+        print(f"  step[{name:<24}] {out[name] * 1000:8.2f} ms   (warm-up incl. compile {warm:6.1f} s)")
+    return out
+
+
+def cpu_section(args, modes, make, x, y, loss_fn) -> dict:
+    """The core issue's step ratios and the end-to-end in-memory epoch, on the CPU."""
     fast, opt = make("dorefa", "dorefa")
     naive, nopt = make("naive", "naive")
     xin = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
@@ -150,15 +202,78 @@ def main(argv=None):
         print(f"  data_time_share = {share:.4f}  (target <= 0.05: {'met' if share <= 0.05 else 'NOT met'})")
         ratios["cpu_train_images_per_s"] = e2e["train_images_per_s"]
         ratios["cpu_data_time_share"] = share
-    if torch.cuda.is_available():
-        # warm-up epoch first (cuDNN autotune, allocator), then the timed one
-        g = end_to_end(50_000, "cuda", amp="bf16", channels_last=True, epochs=2)
-        print(f"CUDA ({torch.cuda.get_device_name()}): CIFAR-100 ResNet-20, 5 modes, 50k images, batch 128, bf16:")
-        print(f"  epoch_seconds = {g['epoch_seconds']:.2f}  (target <= 5: {'met' if g['epoch_seconds'] <= 5 else 'NOT met'})")
-        print(f"  data_time_share = {g['data_time_share']:.4f}")
-        ratios["cuda_epoch_seconds"] = g["epoch_seconds"]
+    return ratios
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--modes", default="2,3,4,8,32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--e2e-images", type=int, default=2560, help="images in the end-to-end epoch (0 skips it)")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU section (e.g. on a GPU machine)")
+    p.add_argument("--no-cuda", action="store_true", help="skip the CUDA section even where CUDA is present")
+    p.add_argument("--cuda-budget-s", type=float, default=420, help="wall-clock budget of the CUDA step variants")
+    p.add_argument("--json", help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    modes = sorted((int(b) for b in args.modes.split(",")), reverse=True)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 100, (args.batch,))
+    loss_fn = QuantizableLoss()
+
+    def make(weight, act):
+        model = build_model(args.model, QuantSpec(tuple(modes), weight, act), num_classes=100).train()
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    b = len(modes)
+    ratios = {}
+    if not args.no_cpu:
+        ratios.update(cpu_section(args, modes, make, x, y, loss_fn))
+    if torch.cuda.is_available() and not args.no_cuda:
+        deadline = time.perf_counter() + args.cuda_budget_s
+        steps_per_epoch = -(-50_000 // args.batch)
+        print(f"CUDA ({torch.cuda.get_device_name()}, torch {torch.__version__}): ResNet-20, batch {args.batch}, "
+              f"{b} modes, joint step; epoch = {steps_per_epoch} steps (50k images)")
+        st = device_steps(modes, args.batch, 20, deadline)
+        for k, v in st.items():
+            ratios[f"cuda_step_ms_{k}"] = v * 1000
+        if "eager_bf16_cl" in st and "eager_bf16_cl_fp_only" in st:
+            fp = st["eager_bf16_cl_fp_only"]
+            ratios["cuda_quant_overhead"] = st.get("eager_bf16_cl_4bit_only", float("nan")) / fp
+            ratios["cuda_joint_ratio"] = st["eager_bf16_cl"] / (b * fp)
+            if "naive_bf16_cl" in st:
+                ratios["cuda_speedup_vs_naive"] = st["naive_bf16_cl"] / st["eager_bf16_cl"]
+            print("  eager bf16: " + ", ".join(f"{k[5:]} = {ratios[k]:.3f}" for k in
+                                               ("cuda_quant_overhead", "cuda_joint_ratio", "cuda_speedup_vs_naive") if k in ratios))
+        joint = {k: v for k, v in st.items() if k in ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_ro_bf16_cl")}
+        for k, v in joint.items():
+            print(f"  step-based epoch estimate [{k}] = {v * steps_per_epoch:.2f} s")
+        compile_choice = {"compiled_ro_bf16_cl": "reduce-overhead", "compiled_bf16_cl": "default"}
+        best = min(joint, key=joint.get) if joint else "eager_bf16_cl"
+        comp = compile_choice.get(best, False)
+        if time.perf_counter() < deadline + 120:
+            # the real engine, warm-up epoch first (compile, cuDNN autotune, allocator), then the timed one
+            g = end_to_end(50_000, "cuda", amp="bf16", channels_last=True, epochs=2, compile=comp)
+            print(f"  end-to-end (qdnn train path): 50k images, bf16, channels_last, compile={comp}:")
+            print(f"    epoch_seconds = {g['epoch_seconds']:.2f}  (target <= 5: {'met' if g['epoch_seconds'] <= 5 else 'NOT met'})")
+            print(f"    data_time_share = {g['data_time_share']:.4f}  (target <= 0.05: "
+                  f"{'met' if g['data_time_share'] <= 0.05 else 'NOT met'})")
+            print("    per_mode_images_per_s = " + ", ".join(f"{m}:{v:.0f}" for m, v in sorted(g["per_mode_images_per_s"].items())))
+            ratios["cuda_epoch_seconds"] = g["epoch_seconds"]
+            ratios["cuda_data_time_share"] = g["data_time_share"]
+        else:
+            print("  end-to-end CUDA epoch: skipped (bench time budget spent)")
     else:
         print("CUDA: not available on this machine; GPU epoch time not measured")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(ratios, f, indent=1)
     return ratios
 
 

@@ -14,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .quant.quantizers import VALID_BITS
 
+# torch.compile modes trainer.compile may name (true = "default")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 class ConfigError(ValueError):
     """A wrong experiment name, override key or value."""
@@ -114,6 +117,9 @@ def validate(cfg: DictConfig) -> None:
     for key, (value, allowed) in checks.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+    comp = t.get("compile", False)
+    if comp not in (False, True) + COMPILE_MODES:
+        raise ConfigError(f"trainer.compile={comp!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
     f = cfg.data.get("train_fraction", 1.0)
     if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
         raise ConfigError(f"data.train_fraction must be in (0, 1], got {f!r}")

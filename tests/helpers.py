@@ -18,6 +18,15 @@ def qdnn(*args):
     return result
 
 
+def affine_reference(x, bits):
+    """The formula: round(clamp(x,0,1)·n)·s with n = 2^k-1 and step s = 1/n (float32)."""
+    import torch
+
+    n = 2**bits - 1
+    s = torch.tensor(1.0 / n, dtype=torch.float32, device=x.device)
+    return torch.round(torch.clamp(x, 0, 1) * n) * s
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -1,16 +1,11 @@
 import pytest
 import torch
 
+from helpers import affine_reference
+
 from qdnn_cli.quant.quantizers import (
     DoReFaAct, LSQAct, LSQWeight, PACTAct, dorefa_weight, naive_dorefa_weight, naive_quantize_unit, quantize_unit,
 )
-
-
-def affine_reference(x, bits):
-    """The formula: round(clamp(x,0,1)·n)·s with n = 2^k-1 and step s = 1/n (float32)."""
-    n = 2**bits - 1
-    s = torch.tensor(1.0 / n, dtype=torch.float32)
-    return torch.round(torch.clamp(x, 0, 1) * n) * s
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

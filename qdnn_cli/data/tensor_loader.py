@@ -18,29 +18,38 @@ class Augment:
     flip: bool = False
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Batch version of torchvision's RandomCrop(size, padding) + RandomHorizontalFlip.
+def draw_crop_flip(n: int, padding: int, flip: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop offsets (n, 2) uniform on [0, 2·padding], like ``RandomCrop.get_params``,
+    and flip flags (n,) with probability 1/2, drawn on the CPU from ``gen`` so they do not
+    depend on the device."""
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return offsets, flips
 
-    ``images``: (B, C, H, W) uint8. Offsets are uniform on [0, 2·padding] per image, like
-    ``RandomCrop.get_params``; each image is flipped with probability 1/2.
-    The random draws come from ``gen`` on the CPU so they do not depend on the device.
-    """
+
+def crop_flip(images: torch.Tensor, padding: int, offsets: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    """Crop every image of (B, C, H, W) ``images`` from its zero-padded copy at ``offsets``
+    (B, 2: row, column) and mirror those with ``flips`` — one gather, one select, no loop."""
     b, c, h, w = images.shape
     device = images.device
     out = images
     if padding > 0:
         padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(device, non_blocking=True)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(device, non_blocking=True)
-        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # B,1,H,1
-        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]  # B,1,1,W
+        rows = (offsets[:, 0:1] + torch.arange(h, device=device))[:, None, :, None]  # B,1,H,1
+        cols = (offsets[:, 1:2] + torch.arange(w, device=device))[:, None, None, :]  # B,1,1,W
         bidx = torch.arange(b, device=device)[:, None, None, None]
         cidx = torch.arange(c, device=device)[None, :, None, None]
         out = padded[bidx, cidx, rows, cols]
-    if flip:
-        mask = (torch.rand(b, generator=gen) < 0.5).to(device, non_blocking=True)
-        out = torch.where(mask[:, None, None, None], out.flip(3), out)
+    if flips is not None:
+        out = torch.where(flips[:, None, None, None], out.flip(3), out)
     return out
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Batch version of torchvision's RandomCrop(size, padding) + RandomHorizontalFlip
+    on (B, C, H, W) uint8 ``images``, with the draws of :func:`draw_crop_flip`."""
+    offsets, flips = draw_crop_flip(images.shape[0], padding, flip, gen)
+    return crop_flip(images, padding, offsets.to(images.device), flips.to(images.device) if flip else None)
 
 
 class TensorBatches:
@@ -88,6 +97,11 @@ class TensorBatches:
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
         return gen
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
     def __iter__(self):
         gen = self._generator()
         n = self.num_images
@@ -101,14 +115,21 @@ class TensorBatches:
             if self.shuffle:
                 order = order[: (n // self.world) * self.world]
             order = order[self.rank::self.world].contiguous()
-        order = order.to(self.device)
         total = order.numel()
+        aug = self.augment
+        augment = bool(aug.crop_padding or aug.flip)
+        if augment:
+            # the whole epoch's draws in one host->device copy: no per-batch transfers or syncs
+            offsets, flips = draw_crop_flip(total, aug.crop_padding, aug.flip, gen)
+            offsets, flips = self._to_device(offsets), self._to_device(flips) if aug.flip else None
+        order = self._to_device(order)
         stop = total - total % self.batch_size if self.drop_last else total
         for start in range(0, stop, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            sl = slice(start, start + self.batch_size)
+            idx = order[sl]
             x = self.images.index_select(0, idx)
-            if self.augment.crop_padding or self.augment.flip:
-                x = random_crop_flip(x, self.augment.crop_padding, self.augment.flip, gen)
+            if augment:
+                x = crop_flip(x, aug.crop_padding, offsets[sl], flips[sl] if flips is not None else None)
             x = (x.float() - self.mean) * self.inv_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

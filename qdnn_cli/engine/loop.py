@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import COMPILE_MODES
 from ..data import build_data
 from ..models import build_model, load_torchvision_weights
 from ..quant import QuantSpec, load_quantizable_state_dict, mode_label, quantizable_state_dict, set_bit_mode
@@ -29,7 +30,7 @@ from .distributed import DistContext
 from .losses import QuantizableLoss
 
 METRIC_FIELDS = ["epoch", "mode", "split", "loss", "top1", "top5", "lr", "images", "seconds", "images_per_s",
-                 "data_time_share", "peak_mem_mb"]
+                 "epoch_seconds", "data_time_share", "peak_mem_mb"]
 RESULT_FIELDS = ["mode", "top1", "top5", "loss", "best_top1", "epochs", "calibrated"]
 
 
@@ -137,9 +138,45 @@ def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx: Dis
 
 
 # ----------------------------------------------------------------------------- one step
+class ModeTimer:
+    """Seconds spent in each mode's forward+backward, without host syncs in the step.
+
+    CPU: wall clock around each mode. CUDA: a pair of events per mode and step, read once
+    at the end of the epoch (after the epoch's own sync), so timing never stalls the GPU.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[int, float] = {}
+        self._pending: list[tuple[int, object, object]] = []
+
+    def start(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def stop(self, mode: int, started) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((mode, started, end))
+        else:
+            self.seconds[mode] = self.seconds.get(mode, 0.0) + time.perf_counter() - started
+
+    def totals(self) -> dict[int, float]:
+        if self._pending:
+            self._pending[-1][2].synchronize()
+            for mode, a, b in self._pending:
+                self.seconds[mode] = self.seconds.get(mode, 0.0) + a.elapsed_time(b) / 1000
+            self._pending.clear()
+        return self.seconds
+
+
 def backward_modes(model, forward, x, y, modes: list[int], loss_fn: QuantizableLoss, distill: bool,
                    amp_ctx=contextlib.nullcontext, scaler=None, stats: "EpochStats | None" = None,
-                   time_modes: bool = False) -> None:
+                   timer: ModeTimer | None = None) -> None:
     """Forward + backward of every mode in ``modes`` (highest first) on one batch.
 
     Each mode's backward runs right after its forward so only one graph is alive at a
@@ -148,7 +185,7 @@ def backward_modes(model, forward, x, y, modes: list[int], loss_fn: QuantizableL
     """
     logits_by_mode = {}
     for m in modes:
-        t0 = time.perf_counter() if time_modes else 0.0
+        t0 = timer.start() if timer is not None else None
         set_bit_mode(model, m)
         with amp_ctx():
             logits = forward(x)
@@ -163,8 +200,8 @@ def backward_modes(model, forward, x, y, modes: list[int], loss_fn: QuantizableL
                 stats.correct[m] = stats.correct.get(m, 0) + c1
                 stats.correct5[m] = stats.correct5.get(m, 0) + c5
                 stats.seen[m] = stats.seen.get(m, 0) + y.numel()
-        if time_modes and stats is not None:
-            stats.mode_seconds[m] = stats.mode_seconds.get(m, 0.0) + time.perf_counter() - t0
+        if timer is not None:
+            timer.stop(m, t0)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -174,7 +211,6 @@ class EpochStats:
     correct: dict = field(default_factory=dict)
     correct5: dict = field(default_factory=dict)
     seen: dict = field(default_factory=dict)
-    mode_seconds: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -200,6 +236,9 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
         self.channels_last = bool(t.channels_last)
+        if self.device.type == "cuda":
+            # fixed input shapes: let cuDNN pick the fastest convolution per layer once
+            torch.backends.cudnn.benchmark = True
 
     # -- setup ---------------------------------------------------------------------------
     def amp_ctx(self):
@@ -247,8 +286,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
         self.forward = self.model
+        self.cudagraphs = False
         if t.get("compile"):
-            self.forward = compile_model(self.model, len(self.modes_desc))
+            mode = compile_mode(t.compile)
+            self.forward = compile_model(self.model, len(self.modes_desc), mode)
+            self.cudagraphs = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
         self.start_epoch, self.best = 0, -1.0
         self.history: list[dict] = []
 
@@ -268,6 +310,11 @@ class Trainer:
     def _append_metrics(self, rows: list[dict]) -> None:
         path = self.run_dir / "metrics.csv"
         new = not path.exists()
+        if not new:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            if header != METRIC_FIELDS:  # written by an older qdnn: rewrite with today's columns
+                self._trim_metrics(10**9)
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             if new:
@@ -328,10 +375,12 @@ class Trainer:
             self.console.print(msg)
 
     # -- one step ------------------------------------------------------------------------
-    def train_step(self, x, y, modes: list[int], stats: EpochStats, time_modes: bool) -> None:
+    def train_step(self, x, y, modes: list[int], stats: EpochStats, timer: ModeTimer) -> None:
+        if self.cudagraphs:  # a new step: last step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         backward_modes(self.model, self.forward, x, y, modes, self.loss_fn, self.kind == "quantizable",
-                       self.amp_ctx, self.scaler, stats, time_modes)
+                       self.amp_ctx, self.scaler, stats, timer)
         self.dist.average_gradients(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -347,7 +396,6 @@ class Trainer:
         t = self.cfg.trainer
         data = self.data
         mode_rng = random.Random()
-        time_modes = self.device.type == "cpu"
         max_steps = t.get("max_steps_per_epoch")
         eval_every = max(1, int(t.get("eval_every", 1)))
         log_every = max(1, int(t.get("log_every", 20)))
@@ -362,6 +410,7 @@ class Trainer:
                 mode_rng.seed(int(self.cfg.seed) * 7919 + epoch)
                 self.model.train()
                 stats = EpochStats()
+                timer = ModeTimer(self.device)
                 steps = len(data.train) if not max_steps else min(len(data.train), int(max_steps))
                 task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="")
                 t_epoch = time.perf_counter()
@@ -372,7 +421,7 @@ class Trainer:
                         break
                     data_time += time.perf_counter() - t_data
                     modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), mode_rng)
-                    self.train_step(x, y, modes, stats, time_modes)
+                    self.train_step(x, y, modes, stats, timer)
                     n_images += y.numel()
                     if (step + 1) % log_every == 0 or step + 1 == steps:
                         self._check_finite(stats, epoch, step)
@@ -395,7 +444,7 @@ class Trainer:
                     score = sum(r["top1"] for r in ev.values()) / len(ev)
                     is_best = score > self.best
                     self.best = max(self.best, score)
-                rows = self._epoch_rows(epoch + 1, stats, ev, lr, train_seconds, eval_seconds,
+                rows = self._epoch_rows(epoch + 1, stats, timer.totals(), ev, lr, train_seconds, eval_seconds,
                                         data_time / max(train_seconds, 1e-9), n_images)
                 if self.dist.is_main:
                     self._append_metrics(rows)
@@ -427,29 +476,29 @@ class Trainer:
                     f"stopping ({kept}); try a lower optim.lr"
                 )
 
-    def _epoch_rows(self, epoch, stats, ev, lr, train_s, eval_s, data_share, n_images) -> list[dict]:
+    def _epoch_rows(self, epoch, stats, mode_seconds, ev, lr, train_s, eval_s, data_share, n_images) -> list[dict]:
         peak = peak_memory_mb(self.device)
         rows = []
         for m in self.modes_desc:
             seen = stats.seen.get(m)
             if seen:
                 seen_all = self.dist.sum_tensor(torch.tensor([float(seen)], device=self.device)).item() if self.dist.enabled else seen
-                mode_s = stats.mode_seconds.get(m)
-                # per-mode throughput from that mode's own forward+backward time when timed (CPU)
+                mode_s = mode_seconds.get(m)
+                # per-mode throughput from that mode's own forward+backward time
                 ips = seen_all / mode_s if mode_s else n_images * self.dist.world / train_s
                 rows.append({"epoch": epoch, "mode": m, "split": "train",
                              "loss": round((stats.loss[m] / seen).item(), 6),
                              "top1": round(100 * float(stats.correct[m]) / seen, 4),
                              "top5": round(100 * float(stats.correct5[m]) / seen, 4),
                              "lr": lr, "images": int(seen_all), "seconds": round(mode_s if mode_s else train_s, 4),
-                             "images_per_s": round(ips, 2), "data_time_share": round(data_share, 5),
+                             "images_per_s": round(ips, 2), "epoch_seconds": round(train_s, 4), "data_time_share": round(data_share, 5),
                              "peak_mem_mb": round(peak, 1)})
         for m in self.modes_desc if ev else ():
             r = ev[m]
             rows.append({"epoch": epoch, "mode": m, "split": "val", "loss": round(r["loss"], 6),
                          "top1": round(r["top1"], 4), "top5": round(r["top5"], 4), "lr": lr,
                          "images": self.data.num_val, "seconds": round(eval_s, 4), "images_per_s": round(self.data.num_val * len(ev) / max(eval_s, 1e-9), 2),
-                         "data_time_share": "", "peak_mem_mb": round(peak, 1)})
+                         "epoch_seconds": round(eval_s, 4), "data_time_share": "", "peak_mem_mb": round(peak, 1)})
         return rows
 
     def _last_eval_from_history(self) -> dict | None:
@@ -488,9 +537,19 @@ def epoch_line(epoch, epochs, ev, stats, seconds) -> str:
 
 
 
-def compile_model(model, n_modes: int):
+def compile_mode(value) -> str:
+    """``trainer.compile``: true means torch.compile's default mode, or name a mode."""
+    if value is True:
+        return "default"
+    if value in COMPILE_MODES:
+        return value
+    raise ValueError(f"trainer.compile={value!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
+
+
+def compile_model(model, n_modes: int, mode: str = "default"):
     """torch.compile with room for one graph per bit mode × train/eval; a recompile past
-    the limit raises instead of silently running eager."""
+    the limit raises instead of silently running eager. ``reduce-overhead`` adds CUDA
+    graphs, which matter here: a CIFAR ResNet-20 step is launch-bound on a large GPU."""
     import torch._dynamo as dynamo
 
     limit = max(8, 2 * n_modes + 2)
@@ -499,7 +558,7 @@ def compile_model(model, n_modes: int):
             setattr(dynamo.config, name, limit)
     if hasattr(dynamo.config, "fail_on_recompile_limit_hit"):
         dynamo.config.fail_on_recompile_limit_hit = True
-    return torch.compile(model)
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 class _NoProgress:
