@@ -19,5 +19,5 @@ start=$(date +%s)
 timeout "$TESTS_S" $PY -m pytest -q -p no:cacheprovider -rs --durations=8 tests/test_cuda.py tests/test_data_path.py 2>&1 | tee "$OUT/cuda_tests.log"
 echo "tests: $(( $(date +%s) - start )) s"
 start=$(date +%s)
-timeout "$BENCH_S" $PY -m qdnn_cli.bench --no-cpu --cuda-budget-s $(( BENCH_S - 110 )) --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.log"
+timeout "$BENCH_S" $PY -m qdnn_cli.bench --no-cpu --cuda-budget-s $(( BENCH_S - 150 )) --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench_cuda.log"
 echo "bench: $(( $(date +%s) - start )) s"
