@@ -549,9 +549,15 @@ def compile_mode(value) -> str:
 def compile_model(model, n_modes: int, mode: str = "default"):
     """torch.compile with room for one graph per bit mode × train/eval; a recompile past
     the limit raises instead of silently running eager. ``reduce-overhead`` adds CUDA
-    graphs, which matter here: a CIFAR ResNet-20 step is launch-bound on a large GPU."""
+    graphs, which matter here: a CIFAR ResNet-20 step is launch-bound on a large GPU.
+
+    Dynamo counts recompiles per code object, i.e. over every instance of a model
+    class in the process, so graphs of models compiled earlier are dropped first: the
+    budget is this model's alone (one compiled model per process at a time).
+    """
     import torch._dynamo as dynamo
 
+    dynamo.reset()
     limit = max(8, 2 * n_modes + 2)
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo.config, name):
