@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 
@@ -62,7 +63,7 @@ def measure(fns: dict, repeats: int, warmup: int = 2) -> dict:
 
 
 def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool = False, epochs: int = 1,
-               compile: str | bool = False) -> dict:
+               compile: str | bool = False, compile_scope: str = "mode") -> dict:
     """One real engine run (``qdnn train``'s code path) on an in-memory CIFAR-sized set:
     ResNet-20, 100 classes, 32x32, batch 128, all five modes. Returns the last epoch's
     train images/s (images × modes trained per second is B times this), data-time share,
@@ -80,6 +81,7 @@ def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool 
                                    f"trainer.epochs={epochs}", f"trainer.device={device}", f"trainer.amp={amp}",
                                    f"trainer.channels_last={str(channels_last).lower()}", "trainer.progress=false",
                                    f"trainer.compile={str(compile).lower() if isinstance(compile, bool) else compile}",
+                                   f"trainer.compile_scope={compile_scope}",
                                    f"out_dir={tmp}"])
         run_training(cfg, Path(tmp), [])
         with open(Path(tmp) / "metrics.csv", newline="") as f:
@@ -98,7 +100,7 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
     graph per bit mode) is timed separately. Synchronised wall clock around ``steps``
     steps, three rounds, median of the per-step means.
     """
-    from .engine.loop import compile_model
+    from .engine.loop import compile_model, compile_step, joint_loss
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
@@ -115,6 +117,7 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
         ("naive_bf16_cl", "naive", bf16, True, None, modes),
         ("compiled_ro_bf16_cl", "dorefa", bf16, True, "reduce-overhead", modes),
         ("compiled_bf16_cl", "dorefa", bf16, True, "default", modes),
+        ("compiled_step_ro_bf16_cl", "dorefa", bf16, True, "reduce-overhead/step", modes),
     ]
     out = {}
     for name, q, amp, cl, comp, ms in variants:
@@ -129,14 +132,23 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
             model = model.to(memory_format=torch.channels_last)
             xin = x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        forward = compile_model(model, len(modes), comp) if comp else model
         amp_ctx = amp or contextlib.nullcontext
+        whole_step = bool(comp) and comp.endswith("/step")
+        comp_mode = comp.split("/")[0] if comp else None
+        forward = compile_model(model, len(modes), comp_mode) if comp and not whole_step else model
+        step_fn = None
+        if whole_step:
+            step_fn = compile_step(functools.partial(joint_loss, model, loss_fn=loss_fn, distill=True,
+                                                     amp_ctx=amp_ctx), 1, comp_mode)
 
         def step():
-            if comp == "reduce-overhead":
+            if comp_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             opt.zero_grad(set_to_none=True)
-            backward_modes(model, forward, xin, y, ms, loss_fn, True, amp_ctx)
+            if step_fn is not None:
+                step_fn(xin, y, tuple(ms))[0].backward()
+            else:
+                backward_modes(model, forward, xin, y, ms, loss_fn, True, amp_ctx)
             opt.step()
         try:
             t0 = time.perf_counter()
@@ -242,14 +254,16 @@ def cuda_section(args, modes: list[int]) -> dict:
     if comp:
         # the real engine, warm-up epoch first (compile, cuDNN autotune, allocator), then the timed one
         try:
-            g = end_to_end(50_000, "cuda", amp="bf16", channels_last=True, epochs=2, compile=comp)
+            g = end_to_end(50_000, "cuda", amp="bf16", channels_last=True, epochs=2, compile=comp,
+                           compile_scope=args.cuda_e2e_scope)
         except Exception as e:
             print(f"  end-to-end with compile={comp} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
                   "eager instead")
             comp = False
     if not comp:
         g = end_to_end(50_000, "cuda", amp="bf16", channels_last=True, epochs=2)
-    print(f"  end-to-end (qdnn train path): 50k images, bf16, channels_last, compile={comp}:")
+    print(f"  end-to-end (qdnn train path): 50k images, bf16, channels_last, compile={comp}"
+          f"{f', compile_scope={args.cuda_e2e_scope}' if comp else ''}:")
     print(f"    epoch_seconds = {g['epoch_seconds']:.2f}  (target <= 5: {'met' if g['epoch_seconds'] <= 5 else 'NOT met'})")
     print(f"    data_time_share = {g['data_time_share']:.4f}  (target <= 0.05: "
           f"{'met' if g['data_time_share'] <= 0.05 else 'NOT met'})")
@@ -269,7 +283,7 @@ def cuda_section(args, modes: list[int]) -> dict:
             ratios["cuda_speedup_vs_naive"] = st["naive_bf16_cl"] / st["eager_bf16_cl"]
         print("  eager bf16: " + ", ".join(f"{k[5:]} = {ratios[k]:.3f}" for k in
                                            ("cuda_quant_overhead", "cuda_joint_ratio", "cuda_speedup_vs_naive") if k in ratios))
-    for k in ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_ro_bf16_cl"):
+    for k in ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_ro_bf16_cl", "compiled_step_ro_bf16_cl"):
         if k in st:
             print(f"  step-based epoch estimate [{k}] = {st[k] * steps_per_epoch:.2f} s")
     if "naive_bf16_cl" in st and "compiled_ro_bf16_cl" in st:
@@ -292,6 +306,8 @@ def main(argv=None):
     p.add_argument("--cuda-budget-s", type=float, default=420, help="wall-clock budget of the CUDA step variants")
     p.add_argument("--cuda-e2e-compile", default="reduce-overhead",
                    help="trainer.compile of the end-to-end CUDA epoch (false for eager)")
+    p.add_argument("--cuda-e2e-scope", default="mode", choices=("mode", "step"),
+                   help="trainer.compile_scope of the end-to-end CUDA epoch")
     p.add_argument("--cuda-variants", help="comma-separated subset of the CUDA step variants")
     p.add_argument("--profile", action="store_true", help="GPU kernel time per step of compiled variants")
     p.add_argument("--json", help="also write every figure to this JSON file")

@@ -107,6 +107,7 @@ def validate(cfg: DictConfig) -> None:
         "trainer.device": (t.device, ("auto", "cpu", "cuda")),
         "trainer.amp": (t.amp, ("none", "bf16", "fp16")),
         "trainer.mode_sampling": (t.mode_sampling, ("all", "sandwich")),
+        "trainer.compile_scope": (t.get("compile_scope", "mode"), ("mode", "step")),
         "loss.target": (cfg.loss.target, ("fp", "next")),
         "quant.weight": (cfg.quant.weight, ("dorefa", "lsq", "naive")),
         "quant.act": (cfg.quant.act, ("dorefa", "pact", "lsq", "naive")),

@@ -59,3 +59,49 @@ def test_cuda_fp16_channels_last(tmp_path):
     r = qdnn("train", "quickstart", "data=synthetic", "model=tiny", "trainer.epochs=1", "trainer.device=cuda",
              "trainer.amp=fp16", "trainer.channels_last=true", "trainer.progress=false", f"out_dir={tmp_path / 'r'}")
     assert r.exit_code == 0, r.output
+
+
+def test_compiled_whole_step_equals_eager_per_mode_backward():
+    """compile_scope=step: one graph for all modes' forwards and losses gives the eager
+    per-mode step's gradients, BN statistics of every mode and per-mode statistics."""
+    import copy
+    import functools
+
+    from qdnn_cli.engine.loop import EpochStats, backward_modes, compile_step, joint_loss
+    from qdnn_cli.engine.losses import QuantizableLoss
+    from qdnn_cli.models import build_model
+    from qdnn_cli.quant import QuantSpec
+
+    torch.manual_seed(0)
+    modes = (32, 8, 4, 3, 2)
+    eager = build_model("tiny", QuantSpec(modes), 10, 3, width=8).train()
+    compiled = copy.deepcopy(eager)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    loss_fn = QuantizableLoss()
+    stats = EpochStats()
+    backward_modes(eager, eager, x, y, list(modes), loss_fn, True, stats=stats)
+    step = compile_step(functools.partial(joint_loss, compiled, loss_fn=loss_fn, distill=True), 1)
+    total, per_mode = step(x, y, modes)
+    total.backward()
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, a), b in zip(eager.named_buffers(), compiled.buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)  # every mode's BN updated
+    for m in modes:
+        torch.testing.assert_close(per_mode[m][0] * 16, stats.loss[m], rtol=1e-5, atol=1e-5)
+        assert int(per_mode[m][1]) == int(stats.correct[m]) and int(per_mode[m][2]) == int(stats.correct5[m])
+
+
+@pytest.mark.slow
+def test_compiled_whole_step_trains_with_sandwich_sampling(tmp_path):
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.compile=true", "trainer.compile_scope=step",
+                                                    "trainer.mode_sampling=sandwich", "trainer.epochs=2"))
+    assert r.exit_code == 0, r.output
+    assert len(read_csv(tmp_path / "r" / "results.csv")) == 5
+
+
+def test_compile_scope_is_validated(tmp_path):
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.compile_scope=batch"))
+    assert r.exit_code == 2 and "trainer.compile_scope='batch' is not allowed" in r.output

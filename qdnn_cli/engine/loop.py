@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -195,13 +196,32 @@ def backward_modes(model, forward, x, y, modes: list[int], loss_fn: QuantizableL
         logits_by_mode[m] = logits.detach()
         if stats is not None:
             with torch.no_grad():
-                c1, c5 = topk_correct(logits.detach(), y, 5)
-                stats.loss[m] = stats.loss.get(m, 0) + ce.detach() * y.numel()
-                stats.correct[m] = stats.correct.get(m, 0) + c1
-                stats.correct5[m] = stats.correct5.get(m, 0) + c5
-                stats.seen[m] = stats.seen.get(m, 0) + y.numel()
+                stats.add(m, ce.detach(), *topk_correct(logits.detach(), y, 5), y.numel())
         if timer is not None:
             timer.stop(m, t0)
+
+
+def joint_loss(model, x, y, modes: tuple[int, ...], loss_fn: QuantizableLoss, distill: bool,
+               amp_ctx=contextlib.nullcontext):
+    """Every mode's forward and loss in one function: ``(summed loss, {mode: (ce, top1
+    hits, top5 hits)})``; the caller runs one backward.
+
+    Compiled whole (``trainer.compile_scope=step``) this is one forward graph and one
+    backward graph per step instead of one pair per mode — far fewer launches and
+    graph replays where the per-mode step is launch-bound (a CIFAR network on a large
+    GPU) — at the price of all modes' activations alive at once.
+    """
+    logits_by_mode, per_mode, total = {}, {}, None
+    for m in modes:
+        set_bit_mode(model, m)
+        with amp_ctx():
+            logits = model(x)
+        t = loss_fn.teacher_mode(m, list(modes)) if distill else None
+        loss, ce = loss_fn.mode_loss(logits, y, logits_by_mode.get(t), m == modes[0])
+        logits_by_mode[m] = logits.detach()
+        per_mode[m] = (ce.detach(), *topk_correct(logits.detach(), y, 5))
+        total = loss if total is None else total + loss
+    return total, per_mode
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -211,6 +231,13 @@ class EpochStats:
     correct: dict = field(default_factory=dict)
     correct5: dict = field(default_factory=dict)
     seen: dict = field(default_factory=dict)
+
+    def add(self, mode: int, ce: torch.Tensor, top1_hits, top5_hits, n: int) -> None:
+        """Accumulate on the device (no host sync): summed CE, hits and images of ``mode``."""
+        self.loss[mode] = self.loss.get(mode, 0) + ce * n
+        self.correct[mode] = self.correct.get(mode, 0) + top1_hits
+        self.correct5[mode] = self.correct5.get(mode, 0) + top5_hits
+        self.seen[mode] = self.seen.get(mode, 0) + n
 
 
 class Trainer:
@@ -286,11 +313,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
         self.forward = self.model
+        self.step_fn = None
         self.cudagraphs = False
         if t.get("compile"):
             mode = compile_mode(t.compile)
-            self.forward = compile_model(self.model, len(self.modes_desc), mode)
             self.cudagraphs = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+            if t.get("compile_scope", "mode") == "step":
+                distill = self.kind == "quantizable"
+                step = functools.partial(joint_loss, self.model, loss_fn=self.loss_fn, distill=distill,
+                                         amp_ctx=self.amp_ctx)
+                self.step_fn = compile_step(step, mode_sets(self.modes_desc, t.mode_sampling, int(t.sandwich_k)), mode)
+            else:
+                self.forward = compile_model(self.model, len(self.modes_desc), mode)
         self.start_epoch, self.best = 0, -1.0
         self.history: list[dict] = []
 
@@ -379,8 +413,14 @@ class Trainer:
         if self.cudagraphs:  # a new step: last step's graph outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
-        backward_modes(self.model, self.forward, x, y, modes, self.loss_fn, self.kind == "quantizable",
-                       self.amp_ctx, self.scaler, stats, timer)
+        if self.step_fn is not None:  # one compiled graph for all modes: per-mode time is not separable
+            loss, per_mode = self.step_fn(x, y, tuple(modes))
+            self.scaler.scale(loss).backward()  # unchanged loss unless fp16
+            for m, (ce, c1, c5) in per_mode.items():
+                stats.add(m, ce, c1, c5, y.numel())
+        else:
+            backward_modes(self.model, self.forward, x, y, modes, self.loss_fn, self.kind == "quantizable",
+                           self.amp_ctx, self.scaler, stats, timer)
         self.dist.average_gradients(self.model.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -546,6 +586,34 @@ def compile_mode(value) -> str:
     raise ValueError(f"trainer.compile={value!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
 
 
+def mode_sets(modes_desc: list[int], how: str, k: int) -> int:
+    """How many different mode lists :func:`sample_modes` can return (graphs to compile)."""
+    if how == "all" or len(modes_desc) <= 2:
+        return 1
+    return math.comb(len(modes_desc) - 2, min(k, len(modes_desc) - 2))
+
+
+def _compile_budget(graphs: int) -> None:
+    """Drop earlier graphs, allow ``graphs`` per code object, fail loudly past it."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo.config, name):
+            setattr(dynamo.config, name, max(8, graphs))
+    if hasattr(dynamo.config, "fail_on_recompile_limit_hit"):
+        dynamo.config.fail_on_recompile_limit_hit = True
+
+
+def compile_step(step, n_mode_sets: int, mode: str = "default"):
+    """torch.compile of a whole :func:`joint_loss` step, one graph per mode list
+    (sandwich sampling draws several) and train/eval state."""
+    _compile_budget(2 * n_mode_sets + 2)
+    # dynamic=False: the mode list must stay constants (a layer's BN key is str(bits)),
+    # never become symbolic after the second list is seen
+    return torch.compile(step, mode=None if mode == "default" else mode, fullgraph=True, dynamic=False)
+
+
 def compile_model(model, n_modes: int, mode: str = "default"):
     """torch.compile with room for one graph per bit mode × train/eval; a recompile past
     the limit raises instead of silently running eager. ``reduce-overhead`` adds CUDA
@@ -555,15 +623,7 @@ def compile_model(model, n_modes: int, mode: str = "default"):
     class in the process, so graphs of models compiled earlier are dropped first: the
     budget is this model's alone (one compiled model per process at a time).
     """
-    import torch._dynamo as dynamo
-
-    dynamo.reset()
-    limit = max(8, 2 * n_modes + 2)
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo.config, name):
-            setattr(dynamo.config, name, limit)
-    if hasattr(dynamo.config, "fail_on_recompile_limit_hit"):
-        dynamo.config.fail_on_recompile_limit_hit = True
+    _compile_budget(2 * n_modes + 2)
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
