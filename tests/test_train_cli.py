@@ -24,6 +24,9 @@ def test_train_synthetic_writes_full_run_directory(tmp_path):
     assert {(r["epoch"], r["mode"], r["split"]) for r in rows} == {
         (str(e), m, s) for e in (1, 2) for m in MODES for s in ("train", "val")}
     assert all(float(r["images_per_s"]) > 0 and float(r["peak_mem_mb"]) > 0 for r in rows)
+    train1 = [r for r in rows if r["split"] == "train" and r["epoch"] == "1"]
+    # each mode timed on its own: the modes' seconds add up to at most the epoch's
+    assert sum(float(r["seconds"]) for r in train1) <= float(train1[0]["epoch_seconds"])
     results = read_csv(out / "results.csv")
     assert [r["mode"] for r in results] == MODES
     last_val = {r["mode"]: r["top1"] for r in rows if r["split"] == "val" and r["epoch"] == "2"}
@@ -37,6 +40,26 @@ def test_same_seed_gives_identical_numbers(tmp_path):
         assert qdnn("train", "quickstart", *tiny_overrides(out, "trainer.epochs=1")).exit_code == 0
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "epoch_seconds", "data_time_share", "peak_mem_mb")} for r in rows]
     assert strip(read_csv(a / "metrics.csv")) == strip(read_csv(b / "metrics.csv"))
+
+
+def test_resume_rewrites_an_older_metrics_header(tmp_path):
+    """A run started by a qdnn without the epoch_seconds column resumes into one file
+    with today's columns and every earlier row kept."""
+    import csv
+
+    out = tmp_path / "r"
+    assert qdnn("train", "quickstart", *tiny_overrides(out, "trainer.stop_after=1")).exit_code == 0
+    old = read_csv(out / "metrics.csv")
+    fields = [k for k in old[0] if k != "epoch_seconds"]
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(old)
+    assert qdnn("train", "quickstart", *tiny_overrides(out)).exit_code == 0
+    rows = read_csv(out / "metrics.csv")
+    assert "epoch_seconds" in rows[0] and len(rows) == 2 * len(old)
+    assert [r["loss"] for r in rows[: len(old)]] == [r["loss"] for r in old]
+    assert all(r["epoch_seconds"] for r in rows[len(old):])
 
 
 def test_resume_equals_uninterrupted(tmp_path):
