@@ -102,6 +102,11 @@ def test_compiled_whole_step_trains_with_sandwich_sampling(tmp_path):
     assert len(read_csv(tmp_path / "r" / "results.csv")) == 5
 
 
-def test_compile_scope_is_validated(tmp_path):
-    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.compile_scope=batch"))
-    assert r.exit_code == 2 and "trainer.compile_scope='batch' is not allowed" in r.output
+@pytest.mark.parametrize("override, message", [
+    ("trainer.compile_scope=batch", "trainer.compile_scope='batch' is not allowed"),
+    ("trainer.compile=fast", "trainer.compile='fast' is not allowed"),
+])
+def test_compile_settings_are_validated(tmp_path, override, message):
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", override))
+    assert r.exit_code == 2 and message in r.output
+    assert not (tmp_path / "r").exists()  # rejected before a run directory is made
