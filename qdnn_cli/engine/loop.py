@@ -325,6 +325,8 @@ class Trainer:
                 self.step_fn = compile_step(step, mode_sets(self.modes_desc, t.mode_sampling, int(t.sandwich_k)), mode)
             else:
                 self.forward = compile_model(self.model, len(self.modes_desc), mode)
+            self.log(f"torch.compile (mode {mode}, scope {t.get('compile_scope', 'mode')}): the first steps compile "
+                     "one graph per bit mode (or mode list) and take minutes; later steps run compiled")
         self.start_epoch, self.best = 0, -1.0
         self.history: list[dict] = []
 
