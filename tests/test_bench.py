@@ -8,7 +8,7 @@ from qdnn_cli import bench
 def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
     out = tmp_path / "bench.json"
     ratios = bench.main(["--batch", "8", "--repeats", "1", "--e2e-images", "256", "--no-cuda", "--json", str(out)])
-    for key in ("quant_overhead", "joint_ratio", "speedup_vs_naive", "joint_contiguous_speedup",
+    for key in ("quant_overhead", "joint_ratio", "speedup_vs_naive", "joint_time_vs_contiguous",
                 "cpu_train_images_per_s", "cpu_data_time_share"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
     assert 0 <= ratios["cpu_data_time_share"] < 1
