@@ -18,12 +18,12 @@ class Augment:
     flip: bool = False
 
 
-def draw_crop_flip(n: int, padding: int, flip: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_crop_flip(n: int, padding: int, flip: bool, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random crop offsets (n, 2) uniform on [0, 2·padding], like ``RandomCrop.get_params``,
-    and flip flags (n,) with probability 1/2, drawn on the CPU from ``gen`` so they do not
-    depend on the device."""
+    and flip flags (n,) with probability 1/2 (None without ``flip``), drawn on the CPU
+    from ``gen`` so they do not depend on the device."""
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=gen)
-    flips = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    flips = torch.rand(n, generator=gen) < 0.5 if flip else None
     return offsets, flips
 
 
@@ -49,7 +49,7 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, gen: torch.
     """Batch version of torchvision's RandomCrop(size, padding) + RandomHorizontalFlip
     on (B, C, H, W) uint8 ``images``, with the draws of :func:`draw_crop_flip`."""
     offsets, flips = draw_crop_flip(images.shape[0], padding, flip, gen)
-    return crop_flip(images, padding, offsets.to(images.device), flips.to(images.device) if flip else None)
+    return crop_flip(images, padding, offsets.to(images.device), flips.to(images.device) if flips is not None else None)
 
 
 class TensorBatches:
@@ -121,7 +121,8 @@ class TensorBatches:
         if augment:
             # the whole epoch's draws in one host->device copy: no per-batch transfers or syncs
             offsets, flips = draw_crop_flip(total, aug.crop_padding, aug.flip, gen)
-            offsets, flips = self._to_device(offsets), self._to_device(flips) if aug.flip else None
+            offsets = self._to_device(offsets)
+            flips = self._to_device(flips) if flips is not None else None
         order = self._to_device(order)
         stop = total - total % self.batch_size if self.drop_last else total
         for start in range(0, stop, self.batch_size):
