@@ -109,7 +109,7 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
     y = torch.randint(0, 100, (batch,), device=dev)
     loss_fn = QuantizableLoss()
     bf16 = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
-    variants = [  # name, weight/act quantizer, amp, channels_last, compile mode ("/step": whole step), modes
+    variants = [  # name, weight/act quantizer, amp, channels_last, compile mode, modes
         ("eager_fp32", "dorefa", None, False, None, modes),
         ("eager_bf16_cl", "dorefa", bf16, True, None, modes),
         ("eager_bf16_cl_fp_only", "dorefa", bf16, True, None, [32]),
@@ -118,8 +118,6 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
         ("compiled_ro_bf16_cl", "dorefa", bf16, True, "reduce-overhead", modes),
         ("compiled_bf16_cl", "dorefa", bf16, True, "default", modes),
         ("compiled_step_ro_bf16_cl", "dorefa", bf16, True, "reduce-overhead/step", modes),
-        # the engine's optimizer on CUDA: one fused update kernel instead of multi-tensor ones
-        ("compiled_step_ro_bf16_cl_fused", "dorefa", bf16, True, "reduce-overhead/step", modes),
     ]
     out = {}
     for name, q, amp, cl, comp, ms in variants:
@@ -133,8 +131,7 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
         if cl:
             model = model.to(memory_format=torch.channels_last)
             xin = x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                              fused=True if name.endswith("_fused") else None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         amp_ctx = amp or contextlib.nullcontext
         whole_step = bool(comp) and comp.endswith("/step")
         comp_mode = comp.split("/")[0] if comp else None
@@ -292,8 +289,7 @@ def cuda_section(args, modes: list[int]) -> dict:
             ratios["cuda_speedup_vs_naive"] = st["naive_bf16_cl"] / st["eager_bf16_cl"]
         print("  eager bf16: " + ", ".join(f"{k[5:]} = {ratios[k]:.3f}" for k in
                                            ("cuda_quant_overhead", "cuda_joint_ratio", "cuda_speedup_vs_naive") if k in ratios))
-    for k in ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_ro_bf16_cl", "compiled_step_ro_bf16_cl",
-              "compiled_step_ro_bf16_cl_fused"):
+    for k in ("eager_fp32", "eager_bf16_cl", "compiled_bf16_cl", "compiled_ro_bf16_cl", "compiled_step_ro_bf16_cl"):
         if k in st:
             print(f"  step-based epoch estimate [{k}] = {st[k] * steps_per_epoch:.2f} s")
     if "naive_bf16_cl" in st and "compiled_ro_bf16_cl" in st:

@@ -171,21 +171,3 @@ def test_cuda_training_run_records_per_mode_speed_and_memory(tmp_path, extra):
         if not whole_step:  # each mode timed by CUDA events (one graph for all modes: not separable)
             assert float(x["seconds"]) < float(x["epoch_seconds"])
     assert len(read_csv(tmp_path / "r" / "results.csv")) == len(MODES)
-
-
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_engine_optimizer_is_fused_on_cuda_and_trains(name):
-    from omegaconf import OmegaConf
-
-    from qdnn_cli.engine.loop import build_optimizer
-
-    net = build_model("tiny", QuantSpec(MODES), 10, 3, width=16)
-    o = OmegaConf.create({"name": name, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True})
-    assert not build_optimizer(net, o, 0.1).defaults.get("fused")  # CPU: the default update
-    net = net.cuda()
-    opt = build_optimizer(net, o, 0.1)
-    assert opt.defaults["fused"] is True
-    before = [p.detach().clone() for p in net.parameters()]
-    net(torch.randn(8, 3, 16, 16, device="cuda")).sum().backward()
-    opt.step()
-    assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))

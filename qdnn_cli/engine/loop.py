@@ -57,21 +57,16 @@ def quant_spec(cfg: DictConfig) -> QuantSpec:
 
 
 def build_optimizer(model: torch.nn.Module, o: DictConfig, lr: float) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only (not BN, biases, clip levels or steps).
-
-    On CUDA the update is one fused kernel: a CIFAR step is launch-bound on a large GPU,
-    and the multi-tensor (foreach) update launches several kernels per parameter group.
-    """
+    """Weight decay on conv/linear weights only (not BN, biases, clip levels or steps)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": float(o.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = True if all(p.is_cuda for p in decay + no_decay) else None
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(o.momentum), nesterov=bool(o.nesterov), fused=fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=float(o.momentum), nesterov=bool(o.nesterov))
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, fused=fused)
+        return torch.optim.Adam(groups, lr=lr)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+        return torch.optim.AdamW(groups, lr=lr)
     raise ValueError(f"optim.name={o.name!r} is unknown: choose sgd, adam or adamw")
 
 
