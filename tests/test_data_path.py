@@ -1,5 +1,6 @@
 """Device-side augmentation matches torchvision's RandomCrop(padding) + RandomHorizontalFlip."""
 import numpy as np
+import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 
@@ -83,6 +84,33 @@ def test_tensor_batches_keep_labels_aligned_and_cover_each_epoch():
     assert not torch.equal(seen[0], seen[1])  # reshuffled per epoch
     loader.set_epoch(0)
     assert torch.equal(torch.cat([y for _, y in loader]), seen[0])  # and reproducible
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunked_batches_equal_batch_by_batch_preparation(monkeypatch, drop_last, channels_last):
+    """Batches are cut from chunks prepared at once; they must be the very batches a
+    batch-at-a-time loader gives (same crops, flips, order, layout, last partial batch)."""
+    from qdnn_cli.data import tensor_loader
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (203, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (203,), generator=g)
+
+    def batches(chunk_bytes):
+        monkeypatch.setattr(tensor_loader, "CHUNK_BYTES", chunk_bytes)
+        loader = TensorBatches(images, labels, 16, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), shuffle=True,
+                               augment=Augment(crop_padding=2, flip=True), seed=3, drop_last=drop_last,
+                               channels_last=channels_last)
+        loader.set_epoch(2)
+        return list(loader)
+
+    one_by_one, chunked = batches(1), batches(5 * 16 * 3 * 8 * 8 * 4)  # chunks of 5 batches
+    assert len(chunked) == len(one_by_one) == (12 if drop_last else 13)
+    for (xa, ya), (xb, yb) in zip(one_by_one, chunked):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        if channels_last:
+            assert xb.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_stratified_subset_is_class_balanced():
