@@ -48,6 +48,24 @@ def _naive_joint_fn(model, modes, loss_fn, x, y, opt):
     return step
 
 
+def _compiled_step_fn(make, modes, loss_fn, x, y):
+    """The engine's ``trainer.compile=true trainer.compile_scope=step`` joint step, compiled
+    (and its compile time printed) before the timed rounds."""
+    from .engine.loop import compile_step, joint_loss
+
+    model, opt = make("dorefa", "dorefa")
+    graph = compile_step(functools.partial(joint_loss, model, loss_fn=loss_fn, distill=True), 1, "default")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        graph(x, y, tuple(modes))[0].backward()
+        opt.step()
+    t0 = time.perf_counter()
+    step()
+    print(f"  compiled the whole joint step for the CPU in {time.perf_counter() - t0:.0f} s")
+    return step
+
+
 def measure(fns: dict, repeats: int, warmup: int = 2) -> dict:
     for fn in fns.values():
         for _ in range(warmup):
@@ -211,12 +229,14 @@ def cpu_section(args, modes, make, x, y, loss_fn) -> dict:
         "naive_joint": _naive_joint_fn(naive, modes, loss_fn, xin, y, nopt),
         "joint_other": _step_fn(other_layout, modes, loss_fn, xother, y, copt),
     }
+    if args.cpu_compiled:  # opt-in: inductor's CPU compile of ResNet-20 takes minutes on 2 cores
+        fns["joint_compiled"] = _compiled_step_fn(make, modes, loss_fn, xin, y)
     print(f"model={args.model} batch={args.batch} modes={modes} threads={torch.get_num_threads()} "
           f"repeats={args.repeats} channels_last={args.channels_last} torch={torch.__version__}")
     t = measure(fns, args.repeats)
     other = "contiguous" if args.channels_last else "channels_last"
     for k, v in t.items():
-        print(f"  step[{k if k != 'joint_other' else 'joint ' + other:<11}] {v * 1000:8.1f} ms")
+        print(f"  step[{k if k != 'joint_other' else 'joint ' + other:<14}] {v * 1000:8.1f} ms")
     b = len(modes)
     ratios = {
         "quant_overhead": t["4bit"] / t["fp"],
@@ -226,6 +246,9 @@ def cpu_section(args, modes, make, x, y, loss_fn) -> dict:
         "naive_joint_ratio": t["naive_joint"] / (b * t["fp"]),
         f"joint_time_vs_{other}": t["joint"] / t["joint_other"],
     }
+    if "joint_compiled" in t:
+        ratios["joint_compiled_vs_eager"] = t["joint_compiled"] / t["joint"]
+        ratios["speedup_vs_naive_compiled"] = t["naive_joint"] / t["joint_compiled"]
     targets = {"quant_overhead": ("<=", 1.15), "joint_ratio": ("<=", 1.15), "speedup_vs_naive": (">=", 1.6)}
     for k, v in ratios.items():
         tgt = targets.get(k)
@@ -307,6 +330,8 @@ def main(argv=None):
     p.add_argument("--modes", default="2,3,4,8,32")
     p.add_argument("--contiguous", action="store_true",
                    help="time the steps in NCHW (default: channels_last, as the engine trains)")
+    p.add_argument("--cpu-compiled", action="store_true",
+                   help="also time the compiled whole joint step on the CPU (compiling takes minutes)")
     p.add_argument("--e2e-images", type=int, default=2560, help="images in the end-to-end epoch (0 skips it)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU section (e.g. on a GPU machine)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA section even where CUDA is present")

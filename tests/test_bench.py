@@ -2,6 +2,8 @@
 import json
 import math
 
+import pytest
+
 from qdnn_cli import bench
 
 
@@ -15,3 +17,12 @@ def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
     assert json.loads(out.read_text()) == ratios
     printed = capsys.readouterr().out
     assert "quant_overhead = " in printed and "(target <= 1.15" in printed and "data_time_share = " in printed
+
+
+@pytest.mark.slow
+def test_bench_times_the_compiled_joint_step_on_cpu(capsys):
+    ratios = bench.main(["--model", "tiny", "--batch", "4", "--repeats", "1", "--e2e-images", "0", "--no-cuda",
+                         "--cpu-compiled"])
+    for key in ("joint_compiled_vs_eager", "speedup_vs_naive_compiled"):
+        assert math.isfinite(ratios[key]) and ratios[key] > 0, key
+    assert "compiled the whole joint step for the CPU" in capsys.readouterr().out
