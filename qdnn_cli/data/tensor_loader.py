@@ -1,9 +1,9 @@
 """Small-image data sets as one uint8 tensor on the training device.
 
-Random crop (zero padding), horizontal flip and normalisation run on that device for a
-whole batch at once — no per-image Python work, no worker processes. The order and the
-augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed at an epoch
-boundary sees exactly the batches an uninterrupted run would.
+Random crop (zero padding), horizontal flip and normalisation run on that device for
+chunks of whole batches at once — no per-image Python work, no worker processes. The
+order and the augmentation of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
+at an epoch boundary sees exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
