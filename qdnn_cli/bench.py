@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import statistics
 import time
 
 import torch
 
-from .engine.loop import backward_modes
+from .engine.compile import compile_model, compile_step, whole_step
+from .engine.step import mode_losses
 from .engine.losses import QuantizableLoss
 from .models import build_model
 from .quant import QuantSpec, set_bit_mode
@@ -29,7 +29,7 @@ from .quant import QuantSpec, set_bit_mode
 def _step_fn(model, modes, loss_fn, x, y, opt):
     def step():
         opt.zero_grad(set_to_none=True)
-        backward_modes(model, model, x, y, modes, loss_fn, True)
+        mode_losses(model, x, y, modes, loss_fn, True, backward=torch.Tensor.backward)
         opt.step()
     return step
 
@@ -51,10 +51,8 @@ def _naive_joint_fn(model, modes, loss_fn, x, y, opt):
 def _compiled_step_fn(make, modes, loss_fn, x, y):
     """The engine's ``trainer.compile=true trainer.compile_scope=step`` joint step, compiled
     (and its compile time printed) before the timed rounds."""
-    from .engine.loop import compile_step, joint_loss
-
     model, opt = make("dorefa", "dorefa")
-    graph = compile_step(functools.partial(joint_loss, model, loss_fn=loss_fn, distill=True), 1, "default")
+    graph = compile_step(whole_step(model, loss_fn, True), 1, "default")
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -118,8 +116,6 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
     graph per bit mode) is timed separately. Synchronised wall clock around ``steps``
     steps, three rounds, median of the per-step means.
     """
-    from .engine.loop import compile_model, compile_step, joint_loss
-
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -151,13 +147,12 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
             xin = x.contiguous(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         amp_ctx = amp or contextlib.nullcontext
-        whole_step = bool(comp) and comp.endswith("/step")
+        one_graph = bool(comp) and comp.endswith("/step")
         comp_mode = comp.split("/")[0] if comp else None
-        forward = compile_model(model, len(modes), comp_mode) if comp and not whole_step else model
+        forward = compile_model(model, len(modes), comp_mode) if comp and not one_graph else model
         step_fn = None
-        if whole_step:
-            step_fn = compile_step(functools.partial(joint_loss, model, loss_fn=loss_fn, distill=True,
-                                                     amp_ctx=amp_ctx), 1, comp_mode)
+        if one_graph:
+            step_fn = compile_step(whole_step(model, loss_fn, True, amp_ctx), 1, comp_mode)
 
         def step():
             if comp_mode == "reduce-overhead":
@@ -166,7 +161,7 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
             if step_fn is not None:
                 step_fn(xin, y, tuple(ms))[0].backward()
             else:
-                backward_modes(model, forward, xin, y, ms, loss_fn, True, amp_ctx)
+                mode_losses(model, xin, y, ms, loss_fn, True, forward, amp_ctx, backward=torch.Tensor.backward)
             opt.step()
         try:
             t0 = time.perf_counter()

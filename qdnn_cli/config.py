@@ -13,9 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .quant.quantizers import VALID_BITS
-
-# torch.compile modes trainer.compile may name (true = "default")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from .schema import register as register_schemas
 
 
 class ConfigError(ValueError):
@@ -53,10 +51,15 @@ def compose(experiment: str | None, overrides: list[str] | tuple = ()) -> DictCo
         if experiment not in experiments():
             raise ConfigError(f"unknown experiment {experiment!r}: choose one of {', '.join(experiments())}")
         overrides = [f"experiment={experiment}"] + overrides
+    register_schemas()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__
+        if str(e).startswith("Error merging override") and cause is not None:  # a value of the wrong type
+            key = str(e).split()[-1].split("=", 1)[0]
+            raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from None
         raise ConfigError(_one_line(str(e))) from None
     validate(cfg)
     return cfg
@@ -79,12 +82,41 @@ def _one_line(msg: str) -> str:
     return text
 
 
+TRAINING_KINDS = ("quantizable", "dedicated")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def allowed_names() -> dict[str, tuple]:
+    """Every config key whose value names something, with the names allowed — read from
+    the registries, so a new model, quantizer, optimizer, schedule or data set is
+    accepted as soon as it is registered."""
+    from .data import DATA_SOURCES
+    from .engine.compile import COMPILE_SCOPES
+    from .engine.device import DEVICES
+    from .engine.losses import TARGETS
+    from .engine.optim import OPTIMIZERS, SCHEDULES
+    from .engine.step import MODE_SAMPLING
+    from .models import MODELS
+    from .quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+
+    return {
+        "model.name": tuple(MODELS), "quant.weight": tuple(WEIGHT_QUANTIZERS), "quant.act": tuple(ACT_QUANTIZERS),
+        "optim.name": tuple(OPTIMIZERS), "sched.name": tuple(SCHEDULES), "data.name": tuple(DATA_SOURCES),
+        "loss.target": TARGETS, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
+        "trainer.amp": AMP_MODES, "trainer.mode_sampling": MODE_SAMPLING, "trainer.compile_scope": COMPILE_SCOPES,
+    }
+
+
 def validate(cfg: DictConfig) -> None:
-    """Catch wrong values before any work starts; messages name the key."""
-    try:
-        bits = list(cfg.quant.bits)
-    except Exception:
-        raise ConfigError("quant.bits must be a list, e.g. quant.bits=[2,3,4,8,32]") from None
+    """Catch wrong values before any work starts; messages name the key. Types and key
+    names are already checked by the schema (``schema.py``) while composing."""
+    from .engine.compile import COMPILE_MODES
+
+    for key, allowed in allowed_names().items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
+    bits = list(cfg.quant.bits)
     if not bits:
         raise ConfigError("quant.bits is empty: give at least one bit mode, e.g. quant.bits=[2,3,4,8,32]")
     for b in bits:
@@ -93,42 +125,24 @@ def validate(cfg: DictConfig) -> None:
     if len(set(bits)) != len(bits):
         raise ConfigError(f"quant.bits has duplicates: {bits}")
     t = cfg.trainer
-    if t.kind not in ("quantizable", "dedicated"):
-        raise ConfigError(f"trainer.kind={t.kind!r} is unknown: choose quantizable or dedicated")
     if t.kind == "dedicated" and len(bits) != 1:
         raise ConfigError(f"trainer.kind=dedicated trains one bit-width, but quant.bits={bits}")
     if t.kind == "quantizable" and cfg.loss.consistency and cfg.loss.target == "fp" and 32 not in bits and len(bits) > 1:
         raise ConfigError(f"loss.target=fp needs full precision (32) in quant.bits={bits}; add 32 or use loss.target=next")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        v = t[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"trainer.{key} must be a positive integer, got {v!r}")
-    checks = {
-        "trainer.device": (t.device, ("auto", "cpu", "cuda")),
-        "trainer.amp": (t.amp, ("none", "bf16", "fp16")),
-        "trainer.mode_sampling": (t.mode_sampling, ("all", "sandwich")),
-        "trainer.compile_scope": (t.get("compile_scope", "mode"), ("mode", "step")),
-        "loss.target": (cfg.loss.target, ("fp", "next")),
-        "quant.weight": (cfg.quant.weight, ("dorefa", "lsq", "naive")),
-        "quant.act": (cfg.quant.act, ("dorefa", "pact", "lsq", "naive")),
-        "optim.name": (cfg.optim.name, ("sgd", "adam", "adamw")),
-        "sched.name": (cfg.sched.name, ("cosine", "step", "constant")),
-        "data.name": (cfg.data.name, ("cifar100", "cifar10", "folder", "digits", "synthetic")),
-    }
-    for key, (value, allowed) in checks.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
-    comp = t.get("compile", False)
-    if comp not in (False, True) + COMPILE_MODES:
-        raise ConfigError(f"trainer.compile={comp!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
+    for key in ("epochs", "batch_size", "eval_batch_size", "sandwich_k", "log_every", "eval_every"):
+        if t[key] < 1:
+            raise ConfigError(f"trainer.{key} must be a positive integer, got {t[key]!r}")
+    for key in ("stop_after", "max_steps_per_epoch", "num_threads"):
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"trainer.{key} must be a positive integer or null, got {t[key]!r}")
+    if t.compile not in (False, True) + COMPILE_MODES:
+        raise ConfigError(f"trainer.compile={t.compile!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
     f = cfg.data.get("train_fraction", 1.0)
-    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+    if not 0 < f <= 1:
         raise ConfigError(f"data.train_fraction must be in (0, 1], got {f!r}")
-    for key in ("lr",):
-        v = cfg.optim[key]
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"optim.{key} must be a positive number, got {v!r}")
-    if not isinstance(cfg.loss.temperature, (int, float)) or cfg.loss.temperature <= 0:
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr!r}")
+    if cfg.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature!r}")
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(f"data.root is required for data={cfg.data.name}: data.root=/path/to/tree")
@@ -138,21 +152,44 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_one_line(str(e))) from None
 
 
-def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | None = None) -> Path:
-    """``out_dir`` if given, else ``<group>/<leaf>`` or ``runs/<name>/<timestamp>``."""
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """``key=value`` overrides onto a saved run config (``qdnn eval``): only keys the run
+    has, values parsed as YAML, then the same validation as ``qdnn train``."""
+    import yaml
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.set_struct(cfg, True)
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value")
+        key, text = o.split("=", 1)
+        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            raise ConfigError(f"unknown override key {key!r}: this run's config.yaml has no such key")
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(text), merge=False)
+        except Exception as e:  # noqa: BLE001 - any OmegaConf error is a bad override
+            raise ConfigError(f"override {o!r}: {_one_line(str(e))}") from None
+    validate(cfg)
+    return cfg
+
+
+def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | None = None) -> tuple[Path, bool]:
+    """``out_dir`` if given, else ``<group>/<leaf>`` or ``runs/<name>/<timestamp>``; also
+    whether this call created it (a run that fails before training removes such a folder)."""
     if cfg.get("out_dir"):
         run_dir = Path(cfg.out_dir)
     elif group is not None:
         run_dir = Path(group) / (leaf or "run")
     else:
         run_dir = Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+    fresh = not run_dir.exists()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
-        return run_dir
+        return run_dir, False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    return run_dir
+    return run_dir, fresh
 
 
 def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:

@@ -7,14 +7,14 @@ eager per-mode steps, per-mode compiled graphs (trainer.compile_scope=mode) and 
 compiled graph for the whole step (compile_scope=step). Usage:
     python scripts/host_overhead_cpu.py [steps]
 """
-import functools
 import statistics
 import sys
 import time
 
 import torch
 
-from qdnn_cli.engine.loop import backward_modes, compile_model, compile_step, joint_loss
+from qdnn_cli.engine.compile import compile_model, compile_step, whole_step
+from qdnn_cli.engine.step import mode_losses
 from qdnn_cli.engine.losses import QuantizableLoss
 from qdnn_cli.models import build_model
 from qdnn_cli.quant import QuantSpec
@@ -29,7 +29,7 @@ def variant(kind: str):
     x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,))
     loss_fn = QuantizableLoss()
     if kind == "step":
-        fn = compile_step(functools.partial(joint_loss, model, loss_fn=loss_fn, distill=True), 1)
+        fn = compile_step(whole_step(model, loss_fn, True), 1)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -40,7 +40,7 @@ def variant(kind: str):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        backward_modes(model, forward, x, y, MODES, loss_fn, True)
+        mode_losses(model, x, y, MODES, loss_fn, True, forward, backward=torch.Tensor.backward)
         opt.step()
     return step
 

@@ -10,7 +10,8 @@ import torch
 
 from helpers import affine_reference, qdnn, read_csv
 from qdnn_cli.data import Augment, TensorBatches
-from qdnn_cli.engine.loop import EpochStats, ModeTimer, backward_modes, compile_model
+from qdnn_cli.engine.compile import compile_model
+from qdnn_cli.engine.step import EpochStats, ModeTimer, mode_losses
 from qdnn_cli.engine.losses import QuantizableLoss
 from qdnn_cli.models import build_model
 from qdnn_cli.quant import QuantSpec, set_bit_mode
@@ -96,7 +97,10 @@ def test_batches_and_joint_step_have_no_host_sync():
 
     def step(xb, yb):
         opt.zero_grad(set_to_none=True)
-        backward_modes(model, model, xb, yb, sorted(MODES, reverse=True), loss_fn, True, amp_ctx, None, stats, timer)
+        _, per_mode = mode_losses(model, xb, yb, sorted(MODES, reverse=True), loss_fn, True, model, amp_ctx,
+                                  torch.Tensor.backward, timer)
+        for m, (ce, top1, top5) in per_mode.items():
+            stats.add(m, ce, top1, top5, yb.numel())
         opt.step()
 
     for _ in range(2):  # warm-up outside the check (cuDNN autotune, allocator)
@@ -128,7 +132,7 @@ def test_bf16_joint_training_on_cuda_fits_a_batch(channels_last):
     before = losses()
     for _ in range(40):
         opt.zero_grad(set_to_none=True)
-        backward_modes(model, model, x, y, modes, loss_fn, True, amp_ctx)
+        mode_losses(model, x, y, modes, loss_fn, True, model, amp_ctx, torch.Tensor.backward)
         opt.step()
     after = losses()
     for m in modes:

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 
 from qdnn_cli.data import Augment, TensorBatches, random_crop_flip, stratified_subset
-from qdnn_cli.engine.loop import sample_modes
+from qdnn_cli.engine.step import sample_modes
 
 
 def _coordinate_image(size=32):

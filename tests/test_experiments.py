@@ -49,16 +49,19 @@ def test_sweep_rejects_bad_bits(tmp_path):
 
 
 # ----------------------------------------------------------------------------- report fixtures
-def make_run(path, top1: dict, kind="quantizable", seed=0, consistency=True, bsbn=True, state="finished", epoch=3):
+def make_run(path, top1: dict, kind="quantizable", seed=0, consistency=True, bsbn=True, state="finished", epoch=3,
+             epochs=3, lr=0.1, fraction=1.0, name="fixture"):
     path.mkdir(parents=True)
     bits = sorted(top1)
-    cfg = {"name": "fixture", "seed": seed, "model": {"name": "tiny", "kwargs": {"width": 8}},
+    cfg = {"name": name, "seed": seed, "model": {"name": "tiny", "kwargs": {"width": 8}},
+           "data": {"name": "synthetic", "train_fraction": fraction},
            "quant": {"bits": bits, "bit_specific_bn": bsbn, "weight": "dorefa", "act": "dorefa",
                      "quantize_first_last": False, "quantize_shortcut": False},
            "loss": {"consistency": consistency, "target": "fp", "weight": 1.0},
-           "trainer": {"kind": kind, "epochs": 3, "mode_sampling": "all"}}
+           "optim": {"lr": lr},
+           "trainer": {"kind": kind, "epochs": epochs, "mode_sampling": "all", "device": f"dev{seed}"}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (path / "status.json").write_text(json.dumps({"state": state, "epoch": epoch, "epochs": 3}))
+    (path / "status.json").write_text(json.dumps({"state": state, "epoch": epoch, "epochs": epochs}))
     (path / "data_info.json").write_text(json.dumps({"num_classes": 10, "in_channels": 1, "image_size": 8}))
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -86,19 +89,62 @@ def fixture_runs(tmp_path):
     return root
 
 
+def _markdown_rows(output):
+    lines = [x for x in output.splitlines() if x.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[x.strip() for x in line.strip("|").split("|")] for line in lines[2:]]
+    return header, rows
+
+
 def test_report_markdown_cells_mean_std_difference_and_incomplete(fixture_runs):
     r = qdnn("report", fixture_runs, "--no-costs")
     assert r.exit_code == 0, r.output
-    lines = [x for x in r.output.splitlines() if x.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["variant", "runs", "FP", "4-bit", "2-bit"]
-    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[2:])}
-    assert rows["quantizable"][1:] == ["2", "71.00 ± 1.41", "69.00 ± 1.41", "61.00 ± 1.41"]
-    assert rows["quantizable (no consistency)"][2:] == ["69.00", "66.00", "55.00"]
-    assert rows["dedicated"][1:] == ["3", "71.00", "67.00", "58.00"]
-    assert rows["quantizable − dedicated"][2:] == ["+0.00", "+2.00", "+3.00"]
+    header, body = _markdown_rows(r.output)
+    assert header == ["variant", "budget", "seeds", "FP", "4-bit", "2-bit"]
+    rows = {c[0]: c for c in body}
+    assert rows["quantizable"][1:] == ["3 ep", "2", "71.00 ± 1.41", "69.00 ± 1.41", "61.00 ± 1.41"]
+    assert rows["quantizable (no consistency)"][2:] == ["1", "69.00", "66.00", "55.00"]
+    # three dedicated runs of one seed: one row, one seed
+    assert rows["dedicated"][1:] == ["3 ep", "1", "71.00", "67.00", "58.00"]
+    assert rows["quantizable − dedicated"][3:] == ["+0.00", "+2.00", "+3.00"]
     incomplete = [k for k in rows if "running: epoch 1/3" in k]
-    assert len(incomplete) == 1 and rows[incomplete[0]][2:] == ["10.00", "9.00", "5.00"]
+    assert len(incomplete) == 1 and rows[incomplete[0]][3:] == ["10.00", "9.00", "5.00"]
+
+
+def test_report_never_averages_runs_of_other_budgets_or_recipes(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "short_s0", {32: 20.0, 2: 10.0}, seed=0, epochs=4, epoch=4)
+    make_run(root / "short_s1", {32: 22.0, 2: 12.0}, seed=1, epochs=4, epoch=4)
+    make_run(root / "long_s0", {32: 70.0, 2: 60.0}, seed=0, epochs=200, epoch=200)
+    make_run(root / "half_s0", {32: 40.0, 2: 30.0}, seed=0, epochs=4, epoch=4, fraction=0.5)
+    make_run(root / "lr_s0", {32: 30.0, 2: 20.0}, seed=0, epochs=4, epoch=4, lr=0.05)
+    make_run(root / "ded_s0", {2: 9.0}, kind="dedicated", seed=0, epochs=4, epoch=4)
+    make_run(root / "ded_s1", {2: 11.0}, kind="dedicated", seed=1, epochs=4, epoch=4)
+    r = qdnn("report", root, "--no-costs")
+    assert r.exit_code == 0, r.output
+    header, body = _markdown_rows(r.output)
+    rows = {(c[0], c[1]): c[2:] for c in body}
+    assert rows[("quantizable", "4 ep")] == ["2", "21.00 ± 1.41", "11.00 ± 1.41"]
+    assert rows[("quantizable", "200 ep")] == ["1", "70.00", "60.00"]
+    assert rows[("quantizable", "4 ep, 0.5 of train")] == ["1", "40.00", "30.00"]
+    # a recipe change is a variant of its own, named by what differs
+    assert rows[("quantizable (optim.lr=0.05)", "4 ep")] == ["1", "30.00", "20.00"]
+    assert rows[("dedicated", "4 ep")] == ["2", "—", "10.00 ± 1.41"]
+    # the difference row pairs runs of the same budget only
+    assert rows[("quantizable − dedicated", "4 ep")][2] == "+1.00"
+    assert not any(k[0] == "quantizable − dedicated" and k[1] != "4 ep" for k in rows)
+
+
+def test_report_names_variants_against_the_experiment_defaults(tmp_path):
+    root = tmp_path / "runs"
+    for leaf, extra in (("full", []), ("pact", ["quant.act=pact"])):
+        assert qdnn("train", "quickstart", *tiny_overrides(root / leaf, "trainer.epochs=1", *extra)).exit_code == 0
+    r = qdnn("report", root, "--no-costs")
+    assert r.exit_code == 0, r.output
+    header, body = _markdown_rows(r.output)
+    assert sorted(c[0] for c in body) == ["quantizable", "quantizable (quant.act=pact)"]
+    # what every run shares against quickstart's defaults is said once, above the table
+    assert "All runs:" in r.output and "data.name=synthetic" in r.output and "model.kwargs.width=8" in r.output
 
 
 def test_report_csv_parses_back_and_markdown_file(fixture_runs, tmp_path):

@@ -35,7 +35,7 @@ def test_sandwich_sampling_trains_extremes_every_step(tmp_path):
 def test_compile_option_sets_a_recompile_budget_per_mode():
     import torch._dynamo as dynamo
 
-    from qdnn_cli.engine.loop import compile_model
+    from qdnn_cli.engine.compile import compile_model
     from qdnn_cli.models import build_model
     from qdnn_cli.quant import QuantSpec
 
@@ -65,9 +65,8 @@ def test_compiled_whole_step_equals_eager_per_mode_backward():
     """compile_scope=step: one graph for all modes' forwards and losses gives the eager
     per-mode step's gradients, BN statistics of every mode and per-mode statistics."""
     import copy
-    import functools
-
-    from qdnn_cli.engine.loop import EpochStats, backward_modes, compile_step, joint_loss
+    from qdnn_cli.engine.compile import compile_step, whole_step
+    from qdnn_cli.engine.step import EpochStats, mode_losses
     from qdnn_cli.engine.losses import QuantizableLoss
     from qdnn_cli.models import build_model
     from qdnn_cli.quant import QuantSpec
@@ -79,8 +78,10 @@ def test_compiled_whole_step_equals_eager_per_mode_backward():
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
     loss_fn = QuantizableLoss()
     stats = EpochStats()
-    backward_modes(eager, eager, x, y, list(modes), loss_fn, True, stats=stats)
-    step = compile_step(functools.partial(joint_loss, compiled, loss_fn=loss_fn, distill=True), 1)
+    _, eager_stats = mode_losses(eager, x, y, list(modes), loss_fn, True, backward=torch.Tensor.backward)
+    for m, (ce, top1, top5) in eager_stats.items():
+        stats.add(m, ce, top1, top5, 16)
+    step = compile_step(whole_step(compiled, loss_fn, True), 1)
     total, per_mode = step(x, y, modes)
     total.backward()
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):

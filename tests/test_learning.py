@@ -34,5 +34,9 @@ def test_real_cifar100_dev_folder_trains(tmp_path):
              "trainer.progress=false", "trainer.max_steps_per_epoch=2", f"out_dir={out}")
     assert r.exit_code == 0, r.output
     info = json.loads((out / "data_info.json").read_text())
-    assert info == {"num_classes": 100, "in_channels": 3, "image_size": 32, "num_train": 1000, "num_val": 5000}
+    # a stratified 4 % of each class folder, whatever size the shared tree has
+    per_class = [len(list(c.iterdir())) for c in (SHARED_DATA / "train").iterdir()]
+    num_val = sum(len(list(c.iterdir())) for c in (SHARED_DATA / "val").iterdir())
+    assert info == {"num_classes": 100, "in_channels": 3, "image_size": 32,
+                    "num_train": sum(round(0.04 * n) for n in per_class), "num_val": num_val}
     assert {x["mode"] for x in read_csv(out / "results.csv")} == {"2", "32"}

@@ -81,8 +81,8 @@ def test_mode_32_is_exactly_the_full_precision_network():
     quantizable = small_resnet().eval()
     plain = build_model("resnet20", QuantSpec((32,)), num_classes=10).eval()
     # copy shared weights and the 32-bit BN of the quantizable net into the FP-only net
-    state = {k.replace(".bn.32.", ".bn.32."): v for k, v in quantizable.state_dict().items()
-             if ".bn." not in k or ".bn.32." in k}
+    # (whose BNs are keyed ".bn.32." too: its only mode is 32)
+    state = {k: v for k, v in quantizable.state_dict().items() if ".bn." not in k or ".bn.32." in k}
     state = {k: v for k, v in state.items() if "_quant." not in k}
     plain.load_state_dict(state)
     x = torch.randn(3, 3, 32, 32)

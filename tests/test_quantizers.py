@@ -83,3 +83,29 @@ def test_quantization_runs_in_float32_under_autocast():
         q = quantize_unit(x, 8)
     assert q.dtype == torch.float32
     assert torch.round(q * 255).unique().numel() == q.unique().numel()
+
+
+def test_dorefa_weight_gradient_equals_the_straight_through_formula():
+    # d/dW of 2·round(u)-1 with u = tanh(W) / (2·max|tanh W|) + 0.5, round passed straight
+    # through and the max held constant (detached): g · (1 - tanh²W) / max|tanh W|
+    w = torch.randn(16, 8, 3, 3, requires_grad=True)
+    g = torch.randn_like(w)
+    (dorefa_weight(w, 3) * g).sum().backward()
+    t = torch.tanh(w.detach())
+    torch.testing.assert_close(w.grad, g * (1 - t * t) / t.abs().max(), rtol=1e-5, atol=1e-7)
+
+
+def test_lsq_step_gradient_equals_the_lsq_formula():
+    # LSQ (Esser et al. 2020): dy/ds = round(v) - v inside the range, qmin or qmax where
+    # clipped (v = x/s), scaled by 1/sqrt(numel · qmax)
+    q = LSQWeight((3, 32))
+    with torch.no_grad():
+        q.step["3"].fill_(0.25)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(101, generator=gen) * 0.8  # values on a range edge (a null set) are avoided
+    g = torch.randn(101, generator=gen)
+    (q(x, 3) * g).sum().backward()
+    v = x / 0.25
+    local = torch.where(v < -4, torch.tensor(-4.0), torch.where(v > 3, torch.tensor(3.0), torch.round(v) - v))
+    expected = (g * local).sum() / (101 * 3) ** 0.5
+    assert q.step["3"].grad.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)

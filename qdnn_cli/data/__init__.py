@@ -7,6 +7,7 @@ as one uint8 tensor on the training device (:class:`TensorBatches`); large-image
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -15,7 +16,32 @@ from .sources import (
 )
 from .tensor_loader import Augment, TensorBatches, random_crop_flip
 
-DATA_NAMES = ("cifar100", "cifar10", "folder", "digits", "synthetic")
+def _cifar(d, seed: int) -> Source:
+    return load_cifar(d.name, d.root, bool(d.download))
+
+
+def _folder(d, seed: int) -> Source:
+    stats = None
+    if d.get("mean") is not None and d.get("std") is not None:
+        stats = (tuple(d.mean), tuple(d.std))
+    return load_folder(d.root, d.train_split, d.val_split, int(d.get("in_channels", 3)),
+                       int(d.get("max_in_memory_size", 64)), stats)
+
+
+def _synthetic(d, seed: int) -> Source:
+    return make_synthetic(int(d.num_classes), int(d.train_size), int(d.val_size), int(d.image_size),
+                          int(d.get("in_channels", 3)), seed)
+
+
+# data.name -> loader of the data config; adding a data set is one entry here (and a
+# conf/data/*.yaml)
+DATA_SOURCES: dict[str, Callable[..., Source]] = {
+    "cifar100": _cifar,
+    "cifar10": _cifar,
+    "folder": _folder,
+    "digits": lambda d, seed: load_digits(seed),
+    "synthetic": _synthetic,
+}
 
 
 @dataclass
@@ -31,21 +57,9 @@ class DataBundle:
 
 
 def load_source(d, seed: int) -> Source:
-    name = d.name
-    if name in ("cifar100", "cifar10"):
-        return load_cifar(name, d.root, bool(d.download))
-    if name == "folder":
-        stats = None
-        if d.get("mean") is not None and d.get("std") is not None:
-            stats = (tuple(d.mean), tuple(d.std))
-        return load_folder(d.root, d.train_split, d.val_split, int(d.get("in_channels", 3)),
-                           int(d.get("max_in_memory_size", 64)), stats)
-    if name == "digits":
-        return load_digits(seed)
-    if name == "synthetic":
-        return make_synthetic(int(d.num_classes), int(d.train_size), int(d.val_size), int(d.image_size),
-                              int(d.get("in_channels", 3)), seed)
-    raise DataError(f"unknown data.name {name!r}: choose one of {', '.join(DATA_NAMES)}")
+    if d.name not in DATA_SOURCES:
+        raise DataError(f"unknown data.name {d.name!r}: choose one of {', '.join(DATA_SOURCES)}")
+    return DATA_SOURCES[d.name](d, seed)
 
 
 def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
@@ -80,4 +94,4 @@ def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, s
 
 
 __all__ = ["build_data", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
-           "stratified_subset", "CIFAR_STATS", "DATA_NAMES"]
+           "stratified_subset", "CIFAR_STATS", "DATA_SOURCES"]

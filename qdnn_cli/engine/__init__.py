@@ -1,12 +1,15 @@
 """Training engine: ``run_training`` is the one entry point every command uses."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
-from .loop import Trainer, TrainingDiverged, evaluate, mode_label
+from ..quant import mode_label
+from .evaluation import evaluate
+from .loop import Trainer, TrainingDiverged
 
 # Keys that may change between an interrupted run and its resumption.
 RESUMABLE_DIFFERENCES = ("trainer.epochs", "trainer.progress", "trainer.num_threads", "trainer.log_every",
@@ -35,8 +38,9 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
         return
     old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    diffs = [k for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_DIFFERENCES)]
+    # keys only one side has come from another qdnn version's schema, not from the user
+    diffs = [k for k in sorted(set(old) & set(new))
+             if old[k] != new[k] and not k.startswith(RESUMABLE_DIFFERENCES)]
     if diffs:
         headline = ("model.name", "data.name", "quant.bits", "trainer.kind")
         k = sorted(diffs, key=lambda d: (d not in headline, headline.index(d) if d in headline else 0, d))[0]
@@ -45,7 +49,13 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
                           "choose another out_dir")
 
 
-def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True) -> dict:
+def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True,
+                 on_ready=None, fresh: bool = False) -> dict:
+    """Train ``cfg`` into ``run_dir`` (resuming what is there). ``on_ready`` is called
+    once data and model are built. If the run fails before its first epoch is recorded,
+    a directory this invocation created (``fresh``) is removed for input errors; any
+    other failure leaves ``status.json`` marked failed with the reason, and an
+    unexpected error's traceback in ``error.log``."""
     from ..config import save_config
 
     trainer = Trainer(cfg, run_dir, console=console, resume=resume)
@@ -61,11 +71,37 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
         # every rank learns whether rank 0 may proceed, so none waits forever in a collective
         if not trainer.dist.all_ok(error is None):
             raise error or RuntimeError("rank 0 could not prepare the run directory; see its error")
-        return trainer.fit()
+        try:
+            return trainer.fit(on_ready=on_ready)
+        except Exception as e:
+            if trainer.dist.is_main:
+                _record_failure(trainer, Path(run_dir), e, fresh)
+            raise
     finally:
         if lock is not None:
             lock.release()
         trainer.dist.shutdown()
+
+
+def _record_failure(trainer: Trainer, run_dir: Path, error: Exception, fresh: bool) -> None:
+    import traceback
+
+    from ..errors import is_input_error
+
+    started = (run_dir / "checkpoint.pt").exists()
+    if fresh and not started and is_input_error(error):
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no orphan folder
+        return
+    if not is_input_error(error):
+        (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
+        error.log_path = run_dir / "error.log"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    state = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
+    if state.get("state") != "failed":  # a divergence already said why
+        trainer.files.status("failed", trainer.start_epoch if not started else int(state.get("epoch", 0)),
+                             f"{type(error).__name__}: {message}")
 
 
 __all__ = ["run_training", "Trainer", "TrainingDiverged", "CheckpointError", "RunMismatch", "evaluate",

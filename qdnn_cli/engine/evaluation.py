@@ -8,18 +8,48 @@ A shared-BN checkpoint is loaded into per-mode BNs so each mode can be calibrate
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ..data import build_data
 from ..models import build_model
 from ..quant import BitModeError, BitSpecificBN, QuantSpec, set_bit_mode
 from .checkpoint import safe_load
-from .loop import evaluate, resolve_device
+from .device import resolve_device
+from .step import topk_correct
 
 _MODE_KEY = re.compile(r"\.(bn|alpha|step)\.(\d+|shared)(\.|$)")
+
+
+@torch.no_grad()
+def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx=None) -> dict:
+    """Top-1/top-5/loss per mode; each batch is read once and run through every mode.
+    Under torchrun the counts are summed over ranks (``dist_ctx``)."""
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {m: torch.zeros(4, device=device, dtype=torch.float64) for m in modes}  # loss, top1, top5, n
+    for x, y in loader:
+        for m in modes:
+            set_bit_mode(model, m)
+            with amp_ctx():
+                logits = model(x)
+            logits = logits.float()
+            top1, top5 = topk_correct(logits, y, 5)
+            s = sums[m]
+            s[0] += F.cross_entropy(logits, y, reduction="sum")
+            s[1] += top1
+            s[2] += top5
+            s[3] += y.numel()
+    out = {}
+    for m in modes:
+        s = dist_ctx.sum_tensor(sums[m]) if dist_ctx else sums[m]
+        n = max(1.0, s[3].item())
+        out[m] = {"loss": s[0].item() / n, "top1": 100 * s[1].item() / n, "top5": 100 * s[2].item() / n}
+    return out
 
 
 def _nearest(mode: int, trained: list[int]) -> int:
@@ -72,14 +102,17 @@ def calibrate_bn(model, loader, mode: int, batches: int) -> int:
     return seen
 
 
-def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overrides: dict | None = None,
+def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overrides: list[str] = (),
                         device_name: str = "auto") -> tuple[list[dict], dict]:
+    """Rows of (mode, top-1, top-5, loss, trained, calibrated) for a checkpoint; ``overrides``
+    (``key=value``, e.g. ``data.root=...``) change the run's saved config and are
+    validated as ``qdnn train`` validates its own."""
+    from ..config import apply_overrides
+
     ck = safe_load(ckpt_path)
     if "model" not in ck or "config" not in ck:
         raise BitModeError(f"{ckpt_path} is not a qdnn training checkpoint (no model/config entries)")
-    cfg = OmegaConf.create(ck["config"])
-    for k, v in (overrides or {}).items():
-        OmegaConf.update(cfg, k, v, merge=False)
+    cfg = apply_overrides(OmegaConf.create(ck["config"]), list(overrides))
     trained = sorted(int(b) for b in ck["model"]["_qdnn.bit_modes"].tolist())
     modes = sorted(set(bits or trained))
     untrained = [m for m in modes if m not in trained]

@@ -22,9 +22,6 @@ MODELS: dict[str, Callable] = {
     "tiny": TinyNet,
 }
 
-# Input sizes each family expects (used to reject data of the wrong size early).
-IMAGENET_MODELS = {"resnet18", "resnet50"}
-
 
 def build_model(name: str, spec: QuantSpec, num_classes: int, in_channels: int = 3, **kwargs):
     if name not in MODELS:
@@ -32,4 +29,4 @@ def build_model(name: str, spec: QuantSpec, num_classes: int, in_channels: int =
     return MODELS[name](spec, num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "load_torchvision_weights", "IMAGENET_MODELS"]
+__all__ = ["MODELS", "build_model", "load_torchvision_weights"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import ACT_QUANTIZERS, FULL_PRECISION, QUANTIZER_NAMES, WEIGHT_QUANTIZERS, check_bits
+from .quantizers import ACT_QUANTIZERS, FULL_PRECISION, WEIGHT_QUANTIZERS, check_bits
 
 
 class BitModeError(ValueError):
@@ -41,9 +41,9 @@ class QuantSpec:
             check_bits(b)
         if len(set(modes)) != len(modes):
             raise BitModeError(f"quant.bits has duplicates: {list(modes)}")
-        for kind, name in (("weight", self.weight), ("act", self.act)):
-            if name not in QUANTIZER_NAMES:
-                raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(QUANTIZER_NAMES)}")
+        for kind, name, registry in (("weight", self.weight, WEIGHT_QUANTIZERS), ("act", self.act, ACT_QUANTIZERS)):
+            if name not in registry:
+                raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(registry)}")
         object.__setattr__(self, "modes", tuple(sorted(modes)))
 
 
@@ -118,10 +118,6 @@ class BitSpecificBN(nn.Module, _Switchable):
 
     def forward(self, x):
         return self.bn[self._key](x)
-
-
-def build_bn(channels: int, spec: QuantSpec) -> BitSpecificBN:
-    return BitSpecificBN(channels, spec)
 
 
 # ----------------------------------------------------------------------------- switching

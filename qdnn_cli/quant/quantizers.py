@@ -238,6 +238,7 @@ class LSQAct(LSQQuantizer):
         super().__init__(modes, signed=False)
 
 
+# quant.weight / quant.act name -> class: adding a quantizer is one entry here. PACT
+# learns an activation clip level; its weights are DoReFa's (as in AdaBits).
 WEIGHT_QUANTIZERS = {"dorefa": DoReFaWeight, "lsq": LSQWeight, "pact": DoReFaWeight, "naive": NaiveDoReFaWeight}
 ACT_QUANTIZERS = {"dorefa": DoReFaAct, "lsq": LSQAct, "pact": PACTAct, "naive": NaiveDoReFaAct}
-QUANTIZER_NAMES = ("dorefa", "pact", "lsq", "naive")

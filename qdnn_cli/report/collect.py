@@ -1,19 +1,42 @@
-"""Find run directories and describe each: variant, seed, state, per-mode top-1."""
+"""Find run directories and collect them into one pandas DataFrame, a row per run × mode.
+
+Each run is described by its own saved config: the keys that define what was trained
+(quantizers, loss, BN, model, data, recipe) become its *variant* — named by what differs
+from its experiment's defaults — and its *budget* (epochs, data fraction). Keys that
+only say how or where it ran (device, threads, paths, progress) are left out, so runs
+that differ only in those are the same variant.
+"""
 from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
+import pandas as pd
 import yaml
+
+# keys that do not change what a run measures
+NON_VARIANT = ("name", "seed", "out_dir", "data.root", "data.download", "data.workers", "trainer.device",
+               "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
+               "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope",
+               "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind")
+BUDGET = ("trainer.epochs", "data.train_fraction")
+# readable names for the differences people ablate most
+FRIENDLY = {
+    ("loss.consistency", False): "no consistency",
+    ("quant.bit_specific_bn", False): "shared BN",
+    ("loss.target", "next"): "next-mode target",
+    ("trainer.mode_sampling", "sandwich"): "sandwich sampling",
+}
 
 
 @dataclass
 class RunRecord:
     path: Path
     name: str            # experiment name
-    variant: str         # e.g. "quantizable", "dedicated", "quantizable (no consistency)"
     kind: str            # quantizable | dedicated
     seed: int
     modes: list[int]
@@ -28,23 +51,31 @@ class RunRecord:
         return self.state == "finished"
 
 
-def variant_of(cfg: dict) -> str:
-    """A readable name for what a run was, derived from its config only."""
-    kind = cfg["trainer"]["kind"]
-    if kind == "dedicated":  # one model per bit-width; together they fill one row
-        return "dedicated"
-    notes = []
-    if not cfg["loss"]["consistency"] or not cfg["loss"].get("weight", 1.0):
-        notes.append("no consistency")
-    if not cfg["quant"]["bit_specific_bn"]:
-        notes.append("shared BN")
-    if cfg["loss"]["consistency"] and cfg["loss"].get("target") == "next":
-        notes.append("next-mode target")
-    if cfg["quant"].get("act", "dorefa") != "dorefa" or cfg["quant"].get("weight", "dorefa") != "dorefa":
-        notes.append(f"{cfg['quant']['weight']}/{cfg['quant']['act']}")
-    if cfg["trainer"].get("mode_sampling", "all") != "all":
-        notes.append(f"{cfg['trainer']['mode_sampling']} sampling")
-    return "quantizable" + (f" ({', '.join(notes)})" if notes else "")
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + ".") if v else {key: "{}"})  # values must be hashable
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+@lru_cache(maxsize=None)
+def experiment_defaults(name: str) -> dict | None:
+    """Flattened config of ``qdnn train <name>`` with no overrides; None if it is no experiment."""
+    from omegaconf import OmegaConf
+
+    from ..config import ConfigError, compose, experiments
+
+    if name not in experiments():
+        return None
+    try:
+        return flatten(OmegaConf.to_container(compose(name, []), resolve=False))
+    except ConfigError:  # e.g. data.root is required (???): compare what is there
+        cfg = compose(name, ["data.root=unset"])
+        return flatten(OmegaConf.to_container(cfg, resolve=False))
 
 
 def read_run(path: Path) -> RunRecord | None:
@@ -73,7 +104,7 @@ def read_run(path: Path) -> RunRecord | None:
             top1 = {int(r["mode"]): float(r["top1"]) for r in rows if int(r["epoch"]) == epoch}
         if state == "finished":
             state = "unknown"
-    return RunRecord(path, cfg.get("name", "custom"), variant_of(cfg), cfg["trainer"]["kind"], int(cfg.get("seed", 0)),
+    return RunRecord(path, cfg.get("name", "custom"), cfg["trainer"]["kind"], int(cfg.get("seed", 0)),
                      list(cfg["quant"]["bits"]), state, epoch, int(cfg["trainer"]["epochs"]), top1, cfg)
 
 
@@ -94,3 +125,69 @@ def find_runs(paths) -> list[RunRecord]:
             if rec is not None:
                 runs.append(rec)
     return runs
+
+
+def _variant_keys(run: RunRecord) -> dict:
+    flat = {k: v for k, v in flatten(run.config).items() if not k.startswith(NON_VARIANT) and k not in BUDGET}
+    if run.kind == "dedicated":  # its one bit-width is the column, not the variant
+        flat.pop("quant.bits", None)
+    return flat
+
+
+def _defaults(name: str, runs: list[RunRecord]) -> dict:
+    """The experiment's defaults; for a config that is no experiment of this qdnn, the
+    most common value of each key among its runs."""
+    known = experiment_defaults(name)
+    if known is not None:
+        return known
+    counts: dict = {}
+    for r in runs:
+        if r.name == name:
+            for k, v in _variant_keys(r).items():
+                counts.setdefault(k, Counter())[v] += 1
+    return {k: c.most_common(1)[0][0] for k, c in counts.items()}
+
+
+def _differences(run: RunRecord, defaults: dict) -> dict:
+    """Variant keys of ``run`` whose values differ from ``defaults``."""
+    return {k: v for k, v in _variant_keys(run).items() if defaults.get(k, object()) != v}
+
+
+def _describe(key: str, value) -> str:
+    if (key, value) in FRIENDLY:
+        return FRIENDLY[(key, value)]
+    if isinstance(value, tuple):
+        value = "[" + ",".join(map(str, value)) + "]"
+    return f"{key}={value}"
+
+
+def budget_of(cfg: dict) -> str:
+    epochs = cfg["trainer"]["epochs"]
+    fraction = float(cfg.get("data", {}).get("train_fraction", 1.0))
+    return f"{epochs} ep" + ("" if fraction == 1 else f", {fraction:g} of train")
+
+
+def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run × evaluated mode: experiment, kind, variant, budget, seed, state,
+    finished, epoch, epochs, path, mode, top1. Also the differences from the defaults
+    that every run shares (stated once, not in every variant name)."""
+    defaults = {name: _defaults(name, runs) for name in {r.name for r in runs}}
+    diffs = [_differences(r, defaults[r.name]) for r in runs]
+    shared = set(diffs[0].items()) if diffs else set()
+    for d in diffs[1:]:
+        shared &= set(d.items())
+    experiments = {r.name for r in runs}
+    records = []
+    for run, diff in zip(runs, diffs):
+        notes = [_describe(k, v) for k, v in sorted(diff.items()) if (k, v) not in shared]
+        variant = run.kind + (f" ({', '.join(notes)})" if notes else "")
+        if len(experiments) > 1:
+            variant = f"{run.name}: {variant}"
+        for mode, top1 in run.top1.items():
+            records.append({"experiment": run.name, "kind": run.kind, "variant": variant,
+                            "budget": budget_of(run.config), "seed": run.seed, "state": run.state,
+                            "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs,
+                            "path": str(run.path), "run": run.path.name, "mode": int(mode), "top1": float(top1)})
+    columns = ["experiment", "kind", "variant", "budget", "seed", "state", "finished", "epoch", "epochs", "path",
+               "run", "mode", "top1"]
+    return pd.DataFrame.from_records(records, columns=columns), [_describe(k, v) for k, v in sorted(shared)]

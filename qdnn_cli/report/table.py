@@ -1,142 +1,141 @@
-"""One table from many runs: a row per method variant, a column per bit mode (top-1).
+"""One table from the collected runs: a row per variant × budget, a column per bit mode.
 
-Finished runs of one variant are averaged over seeds (mean ± std). Incomplete runs get
-rows of their own, marked with their epoch, and never enter a mean. Optional rows: the
-difference "quantizable − dedicated" per mode, literature references, and the model's
-size (MB) and BOPs per mode.
+Finished runs of one variant and budget are averaged over seeds (mean ± std; "seeds"
+counts them). Runs that differ in anything that defines a variant or in budget are
+never averaged together. Incomplete runs get rows of their own, marked with state and
+epoch, and never enter a mean. Optional rows: "quantizable − dedicated" per budget,
+literature references, and the model's size (MB) and BOPs per mode.
+
+The table is a DataFrame: ``variant``, ``budget``, ``seeds``, ``finished``, ``row``
+(result / difference / reference / cost) and, per mode, ``<mode>`` (mean) and
+``<mode>_std``.
 """
 from __future__ import annotations
 
-import csv
 import json
-import statistics
 from pathlib import Path
+
+import pandas as pd
 
 from ..quant import mode_label
 from .collect import RunRecord
 
+INFO = ["variant", "budget", "seeds", "finished", "row"]
 
 
 def _label_mode(label: str) -> int:
     return 32 if label.upper() in ("FP", "32", "32-BIT") else int(label.split("-")[0])
 
 
-def _sort_variants(v: str) -> tuple:
-    order = ["quantizable", "dedicated"]
-    base = v.split(" [")[0]
-    return (order.index(base) if base in order else (0 if base.startswith("quantizable") else 3), v)
+def _row(variant: str, budget: str, seeds, finished: bool, kind: str, means: dict, stds: dict | None = None) -> dict:
+    row = {"variant": variant, "budget": budget, "seeds": seeds, "finished": finished, "row": kind}
+    for m, v in means.items():
+        row[m] = v
+        row[f"{m}_std"] = (stds or {}).get(m)
+    return row
 
 
-def build_table(runs: list[RunRecord]) -> tuple[list[int], list[dict]]:
-    """Returns (modes high → low, rows). A row: variant, runs, state, cells{mode: (mean, std, n)}."""
-    modes = sorted({m for r in runs for m in r.top1}, reverse=True)
-    groups: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        key = r.variant if r.finished else f"{r.variant} [{r.state}: epoch {r.epoch}/{r.epochs}, seed {r.seed}, {r.path.name}]"
-        groups.setdefault(key, []).append(r)
+def _variant_order(variant: str) -> tuple:
+    base = variant.split(": ", 1)[-1]
+    return (0 if base == "quantizable" else 1 if base.startswith("quantizable") else 2 if base == "dedicated" else 3,
+            variant)
+
+
+def build_table(long: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
+    """(modes high → low, table) from :func:`collect.collect`'s long frame."""
+    modes = sorted(long["mode"].unique().tolist(), reverse=True)
     rows = []
-    for variant in sorted(groups, key=_sort_variants):
-        members = groups[variant]
-        cells = {}
-        for m in modes:
-            vals = [r.top1[m] for r in members if m in r.top1]
-            if vals:
-                cells[m] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
-        rows.append({"variant": variant, "runs": len(members), "finished": all(r.finished for r in members),
-                     "seeds": sorted({r.seed for r in members}), "cells": cells})
-    _add_difference(rows, modes)
-    return modes, rows
+    done = long[long["finished"]]
+    for (variant, budget), g in done.groupby(["variant", "budget"], sort=False):
+        stats = g.groupby("mode")["top1"].agg(["mean", "std"])
+        rows.append(_row(variant, budget, g["seed"].nunique(), True, "result", stats["mean"].to_dict(),
+                         stats["std"].dropna().to_dict()))
+    for (path, variant, budget), g in long[~long["finished"]].groupby(["path", "variant", "budget"], sort=False):
+        first = g.iloc[0]
+        label = f"{variant} [{first.state}: epoch {first.epoch}/{first.epochs}, seed {first.seed}, {first.run}]"
+        rows.append(_row(label, budget, 1, False, "result", g.set_index("mode")["top1"].to_dict()))
+    table = pd.DataFrame(rows, columns=INFO + [c for m in modes for c in (m, f"{m}_std")])
+    if len(table):
+        order = sorted(range(len(table)), key=lambda i: (_variant_order(table.variant[i]), table.budget[i]))
+        table = table.iloc[order].reset_index(drop=True)
+    return modes, pd.concat([table, _differences(table, modes)], ignore_index=True)
 
 
-def _add_difference(rows: list[dict], modes: list[int]) -> None:
-    q = next((r for r in rows if r["variant"] == "quantizable"), None)
-    d = next((r for r in rows if r["variant"] == "dedicated"), None)
-    if q is None or d is None:
-        return
-    cells = {}
-    for m in modes:
-        base = d["cells"].get(m)
-        if m in q["cells"] and base:
-            cells[m] = (q["cells"][m][0] - base[0], None, min(q["cells"][m][2], base[2]))
-    rows.append({"variant": "quantizable − dedicated", "runs": "", "finished": True, "seeds": [], "cells": cells,
-                 "difference": True})
+def _differences(table: pd.DataFrame, modes: list[int]) -> pd.DataFrame:
+    """quantizable − dedicated, per budget (and experiment) where both exist."""
+    rows = []
+    done = table[table["finished"]]
+    for budget, g in done.groupby("budget", sort=False):
+        for variant in g["variant"]:
+            prefix, base = variant.rsplit(": ", 1) if ": " in variant else ("", variant)
+            if base != "quantizable":
+                continue
+            ded = g[g["variant"] == (f"{prefix}: dedicated" if prefix else "dedicated")]
+            if ded.empty:
+                continue
+            q = g[g["variant"] == variant].iloc[0]
+            d = ded.iloc[0]
+            diff = {m: q[m] - d[m] for m in modes if pd.notna(q[m]) and pd.notna(d[m])}
+            name = f"{prefix + ': ' if prefix else ''}quantizable − dedicated"
+            rows.append(_row(name, budget, "", True, "difference", diff))
+    return pd.DataFrame(rows)
 
 
-def load_reference(path: Path) -> list[dict]:
+def load_reference(path: Path) -> pd.DataFrame:
     """reference.csv: columns source, variant, then one column per bit mode label."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        out = []
-        for r in reader:
-            cells = {}
-            for k, v in r.items():
-                if k in ("source", "variant", "setting", "note") or v in (None, ""):
-                    continue
-                cells[_label_mode(k)] = (float(v), None, 1)
-            out.append({"variant": f"reference: {r['variant']} ({r['source']})", "runs": "", "finished": True,
-                        "seeds": [], "cells": cells, "reference": True})
-    return out
+    ref = pd.read_csv(path, dtype=str).fillna("")
+    rows = []
+    for _, r in ref.iterrows():
+        means = {_label_mode(k): float(v) for k, v in r.items()
+                 if k not in ("source", "variant", "setting", "note") and v != ""}
+        rows.append(_row(f"reference: {r['variant']} ({r['source']})", r.get("setting", ""), "", True,
+                         "reference", means))
+    return pd.DataFrame(rows)
 
 
-def cost_rows(run: RunRecord, modes: list[int]) -> list[dict]:
+def cost_rows(run: RunRecord, modes: list[int]) -> pd.DataFrame:
     """Model size (MB) and BOPs (G) per mode for the run's architecture."""
     from ..cost import model_cost
 
     info_path = run.path / "data_info.json"
     if not info_path.is_file():
-        return []
+        return pd.DataFrame()
     info = json.loads(info_path.read_text())
     cost = model_cost(run.config, info["num_classes"], info["in_channels"], info["image_size"], modes)
-    return [
-        {"variant": "model size (MB)", "runs": "", "finished": True, "seeds": [], "cost": True,
-         "cells": {m: (cost[m]["size_mb"], None, 1) for m in modes}},
-        {"variant": "BOPs (G)", "runs": "", "finished": True, "seeds": [], "cost": True,
-         "cells": {m: (cost[m]["bops"] / 1e9, None, 1) for m in modes}},
-    ]
+    return pd.DataFrame([_row("model size (MB)", "", "", True, "cost", {m: cost[m]["size_mb"] for m in modes}),
+                         _row("BOPs (G)", "", "", True, "cost", {m: cost[m]["bops"] / 1e9 for m in modes})])
 
 
-def _fmt(cell, row) -> str:
-    if cell is None:
+def _fmt(row: pd.Series, m: int) -> str:
+    mean = row.get(m)
+    if mean is None or pd.isna(mean):
         return "—"
-    mean, std, _ = cell
-    if row.get("cost"):
+    if row["row"] == "cost":
         return f"{mean:.3f}" if mean < 10 else f"{mean:.1f}"
-    if row.get("difference"):
+    if row["row"] == "difference":
         return f"{mean:+.2f}"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+    std = row.get(f"{m}_std")
+    return f"{mean:.2f} ± {std:.2f}" if std is not None and pd.notna(std) else f"{mean:.2f}"
 
 
-def to_markdown(modes: list[int], rows: list[dict]) -> str:
-    from tabulate import tabulate
-
-    header = ["variant", "runs"] + [mode_label(m) for m in modes]
-    body = [[r["variant"], r["runs"]] + [_fmt(r["cells"].get(m), r) for m in modes] for r in rows]
-    return tabulate(body, headers=header, tablefmt="github", disable_numparse=True)
-
-
-def to_csv(modes: list[int], rows: list[dict], path_or_file) -> None:
-    """Wide CSV: variant, runs, finished, then <mode> and <mode>_std columns (numbers)."""
-    fields = ["variant", "runs", "finished"] + [c for m in modes for c in (mode_label(m), f"{mode_label(m)}_std")]
-    close = False
-    if isinstance(path_or_file, (str, Path)):
-        path_or_file = open(path_or_file, "w", newline="")
-        close = True
-    try:
-        w = csv.DictWriter(path_or_file, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            out = {"variant": r["variant"], "runs": r["runs"], "finished": r["finished"]}
-            for m in modes:
-                c = r["cells"].get(m)
-                out[mode_label(m)] = "" if c is None else round(c[0], 4)
-                out[f"{mode_label(m)}_std"] = "" if c is None or c[1] is None else round(c[1], 4)
-            w.writerow(out)
-    finally:
-        if close:
-            path_or_file.close()
+def to_markdown(modes: list[int], table: pd.DataFrame) -> str:
+    shown = pd.DataFrame({"variant": table["variant"], "budget": table["budget"].fillna(""),
+                          "seeds": table["seeds"].fillna("").astype(str)})
+    for m in modes:
+        shown[mode_label(m)] = [_fmt(r, m) for _, r in table.iterrows()]
+    return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
-def plot(modes: list[int], rows: list[dict], path: Path, title: str = "") -> None:
+def to_csv(modes: list[int], table: pd.DataFrame) -> str:
+    """Wide CSV: variant, budget, seeds, finished, then <mode> and <mode>_std columns (numbers)."""
+    out = table[["variant", "budget", "seeds", "finished"]].copy()
+    for m in modes:
+        out[mode_label(m)] = table[m].round(4)
+        out[f"{mode_label(m)}_std"] = table[f"{m}_std"].astype(float).round(4)
+    return out.to_csv(index=False)
+
+
+def plot(modes: list[int], table: pd.DataFrame, path: Path, title: str = "") -> None:
     """Top-1 against bit mode, one line per variant (error bars = std over seeds)."""
     import matplotlib
 
@@ -145,15 +144,16 @@ def plot(modes: list[int], rows: list[dict], path: Path, title: str = "") -> Non
 
     xs = sorted(modes)
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
-    for r in rows:
-        if r.get("difference") or r.get("cost"):
-            continue
-        pts = [(i, r["cells"][m]) for i, m in enumerate(xs) if m in r["cells"]]
+    multi_budget = table.loc[table["row"] == "result", "budget"].nunique() > 1
+    for _, r in table[table["row"].isin(["result", "reference"])].iterrows():
+        pts = [(i, r[m], r.get(f"{m}_std")) for i, m in enumerate(xs) if pd.notna(r.get(m))]
         if not pts:
             continue
-        style = dict(linestyle="--", alpha=0.6) if r.get("reference") else dict(linestyle="-" if r["finished"] else ":")
-        ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] or 0 for p in pts],
-                    marker="o", capsize=3, label=r["variant"], **style)
+        style = (dict(linestyle="--", alpha=0.6) if r["row"] == "reference"
+                 else dict(linestyle="-" if r["finished"] else ":"))
+        label = r["variant"] + (f" [{r['budget']}]" if multi_budget and r["row"] == "result" else "")
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[0 if pd.isna(p[2]) else p[2] for p in pts],
+                    marker="o", capsize=3, label=label, **style)
     ax.set_xticks(range(len(xs)), [mode_label(m) for m in xs])
     ax.set_xlabel("bit mode (weights and activations)")
     ax.set_ylabel("top-1 accuracy (%)")

@@ -1,0 +1,134 @@
+"""One training step's forward and loss over bit modes, and what the epoch counts of it.
+
+:func:`mode_losses` is the only step function. The eager trainer passes ``backward`` so
+each mode's graph is freed right after its forward; the compiled whole-step graph
+(``trainer.compile_scope=step``) passes none and gets the summed loss back for one
+backward. Both give the same gradients because every teacher is detached.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..quant import set_bit_mode
+from .losses import QuantizableLoss
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 hits, top-k hits) of a batch, as device tensors (no host sync)."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top.eq(y[:, None])
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+MODE_SAMPLING = ("all", "sandwich")
+
+
+def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) -> list[int]:
+    """``all``: every mode. ``sandwich``: highest + lowest + k random others (highest first)."""
+    if how == "all" or len(modes_desc) <= 2:
+        return list(modes_desc)
+    middle = modes_desc[1:-1]
+    picked = set(gen.sample(middle, min(k, len(middle))))
+    return [modes_desc[0]] + [m for m in middle if m in picked] + [modes_desc[-1]]
+
+
+def mode_sets(modes_desc: list[int], how: str, k: int) -> int:
+    """How many different mode lists :func:`sample_modes` can return (graphs to compile)."""
+    if how == "all" or len(modes_desc) <= 2:
+        return 1
+    return math.comb(len(modes_desc) - 2, min(k, len(modes_desc) - 2))
+
+
+class ModeTimer:
+    """Seconds spent in each mode's forward+backward, without host syncs in the step.
+
+    CPU: wall clock around each mode. CUDA: a pair of events per mode and step, read once
+    at the end of the epoch (after the epoch's own sync), so timing never stalls the GPU.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[int, float] = {}
+        self._pending: list[tuple[int, object, object]] = []
+
+    def start(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def stop(self, mode: int, started) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((mode, started, end))
+        else:
+            self.seconds[mode] = self.seconds.get(mode, 0.0) + time.perf_counter() - started
+
+    def totals(self) -> dict[int, float]:
+        if self._pending:
+            self._pending[-1][2].synchronize()
+            for mode, a, b in self._pending:
+                self.seconds[mode] = self.seconds.get(mode, 0.0) + a.elapsed_time(b) / 1000
+            self._pending.clear()
+        return self.seconds
+
+
+@dataclass
+class EpochStats:
+    """Per-mode training sums of one epoch, kept on the device until the epoch ends."""
+    loss: dict = field(default_factory=dict)
+    correct: dict = field(default_factory=dict)
+    correct5: dict = field(default_factory=dict)
+    seen: dict = field(default_factory=dict)
+
+    def add(self, mode: int, ce: torch.Tensor, top1_hits, top5_hits, n: int) -> None:
+        """Accumulate on the device (no host sync): summed CE, hits and images of ``mode``."""
+        self.loss[mode] = self.loss.get(mode, 0) + ce * n
+        self.correct[mode] = self.correct.get(mode, 0) + top1_hits
+        self.correct5[mode] = self.correct5.get(mode, 0) + top5_hits
+        self.seen[mode] = self.seen.get(mode, 0) + n
+
+    def mean_loss(self, mode: int) -> float:
+        return (self.loss[mode] / self.seen[mode]).item()
+
+
+def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, forward: Callable | None = None,
+                amp_ctx=contextlib.nullcontext, backward: Callable | None = None,
+                timer: ModeTimer | None = None):
+    """Forward and loss of every mode in ``modes`` (highest first) on one batch.
+
+    Returns ``(summed loss, {mode: (ce, top-1 hits, top-5 hits)})``, all detached but the
+    loss. ``backward`` given: it is called on each mode's loss right after that mode's
+    forward (only one graph alive at a time) and the summed loss is ``None``.
+    ``distill=False``: plain CE per mode (dedicated runs). ``forward`` defaults to
+    ``model`` (a per-mode compiled model is passed here).
+    """
+    forward = forward or model
+    logits_by_mode, per_mode, total = {}, {}, None
+    for m in modes:
+        started = timer.start() if timer is not None else None
+        set_bit_mode(model, m)
+        with amp_ctx():
+            logits = forward(x)
+        teacher = loss_fn.teacher_mode(m, list(modes)) if distill else None
+        loss, ce = loss_fn.mode_loss(logits, y, logits_by_mode.get(teacher), m == modes[0])
+        if backward is not None:
+            backward(loss)
+        else:
+            total = loss if total is None else total + loss
+        logits = logits.detach()
+        logits_by_mode[m] = logits
+        per_mode[m] = (ce.detach(), *topk_correct(logits, y, 5))
+        if timer is not None:
+            timer.stop(m, started)
+    return total, per_mode

@@ -1,0 +1,235 @@
+"""What each command does, given parsed arguments: train one run, run a grid of runs,
+reproduce a table, evaluate a checkpoint. The CLI parses and calls these; they compose
+configs and hand them to the engine, and print to the shared consoles.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+# Under torchrun only rank 0 talks; errors still reach stderr from every rank.
+console = Console(highlight=False, quiet=int(os.environ.get("RANK", "0")) != 0)
+err_console = Console(stderr=True, highlight=False)
+
+
+# ----------------------------------------------------------------------------- printing
+def print_config(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    console.rule("config")
+    console.print(OmegaConf.to_yaml(cfg, resolve=True).rstrip(), markup=False)
+    console.rule()
+
+
+def print_results(results: dict, title: str, run_dir: Path | None = None) -> None:
+    from rich.table import Table
+
+    from .quant import mode_label
+
+    table = Table(title=title)
+    for col in ("bit mode", "top-1 %", "top-5 %", "loss"):
+        table.add_column(col, justify="right")
+    for m in sorted(results, reverse=True):
+        r = results[m]
+        table.add_row(mode_label(m), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}")
+    console.print(table)
+    if run_dir is not None:
+        console.print(f"run directory: {run_dir}")
+
+
+# ----------------------------------------------------------------------------- one run
+def latest_run(name: str) -> Path | None:
+    base = Path("runs") / name
+    runs = sorted(p for p in base.glob("*") if (p / "checkpoint.pt").exists()) if base.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def train_one(experiment: str | None, overrides: list[str], quiet_config: bool = False,
+              group: Path | None = None, leaf: str | None = None, resume_latest: bool = False) -> tuple[Path, dict]:
+    """Compose, make the run directory, train. The config is printed once the data and
+    model are built, so an input error is one line, not a config listing and a line."""
+    from .config import compose, make_run_dir
+    from .engine import run_training
+
+    cfg = compose(experiment, overrides)
+    if resume_latest and not cfg.get("out_dir"):
+        latest = latest_run(cfg.name)
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no run of {cfg.name} with a checkpoint under runs/{cfg.name}/")
+        cfg.out_dir = str(latest)
+    run_dir, fresh = make_run_dir(cfg, group, leaf)
+    on_ready = None if quiet_config else (lambda: print_config(cfg))
+    console.print(f"run directory: {run_dir}")
+    results = run_training(cfg, run_dir, overrides, console=console, on_ready=on_ready, fresh=fresh)
+    if results:
+        print_results(results, f"{cfg.name}: final validation accuracy per bit mode", run_dir)
+    return run_dir, results
+
+
+# ----------------------------------------------------------------------------- grids
+def parse_bits(text: str) -> list[int]:
+    from .quant import check_bits
+
+    try:
+        bits = [int(b) for b in text.replace(" ", "").split(",") if b]
+        for b in bits:
+            check_bits(b)
+    except ValueError:
+        raise ValueError(f"--bits {text!r}: give a comma-separated list of bit modes, each 1-8 or 32") from None
+    if not bits:
+        raise ValueError("--bits is empty")
+    return bits
+
+
+def grid_path(name: str) -> Path:
+    from .config import conf_dir
+
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = conf_dir() / "grid" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "grid").glob("*.yaml"))
+        raise FileNotFoundError(f"no grid {name!r}: give a YAML file or one of {', '.join(known)}")
+    return path
+
+
+def load_grid(name: str, bits: list[int] = (), _seen: tuple = ()) -> dict[str, list[str]]:
+    """Variant name -> overrides from ``conf/grid/<name>.yaml`` (or a YAML path):
+    ``include`` (other grids first), ``variants`` and ``per_bit`` (one variant per bit
+    mode in ``bits``, ``{bits}`` filled in)."""
+    path = grid_path(name)
+    if path in _seen:
+        raise ValueError(f"grid {name!r} includes itself")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or set(spec) - {"include", "variants", "per_bit"}:
+        raise ValueError(f"{path}: a grid has the keys include, variants and per_bit only")
+    variants: dict[str, list[str]] = {}
+    for other in spec.get("include") or []:
+        variants.update(load_grid(other, bits, _seen + (path,)))
+    for leaf, extra in (spec.get("variants") or {}).items():
+        variants[str(leaf)] = [str(o) for o in extra or []]
+    for template, extra in (spec.get("per_bit") or {}).items():
+        for b in bits:
+            variants[str(template).format(bits=b)] = [str(o).format(bits=b) for o in extra or []]
+    return variants
+
+
+def group_dir(experiment: str, overrides: list[str], kind: str) -> Path:
+    from .config import compose
+
+    out = next((o.split("=", 1)[1] for o in overrides if o.startswith("out_dir=")), None)
+    if out:
+        return Path(out)
+    name = compose(experiment, [o for o in overrides if not o.startswith("out_dir=")]).name
+    return Path("runs") / name / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_group(experiment: str, variants: dict[str, list[str]], group: Path, overrides: list[str],
+              skip_finished: bool = True) -> list[Path]:
+    """Train each variant into ``group/<leaf>``; finished runs are skipped, interrupted ones resume.
+
+    Every config is composed and validated before the first run starts, so a typo fails
+    at once instead of hours in.
+    """
+    from .config import compose
+    from .report.collect import read_run
+
+    base = [o for o in overrides if not o.startswith("out_dir=")]
+    plans = []
+    for leaf, extra in variants.items():
+        run_overrides = base + extra + [f"out_dir={group / leaf}"]
+        compose(experiment, run_overrides)
+        plans.append((leaf, run_overrides))
+    done = []
+    for i, (leaf, run_overrides) in enumerate(plans, 1):
+        rec = read_run(group / leaf) if (group / leaf / "config.yaml").exists() else None
+        if skip_finished and rec is not None and rec.finished:
+            console.print(f"[{i}/{len(plans)}] {leaf}: finished already, skipped ({group / leaf})")
+            done.append(group / leaf)
+            continue
+        console.rule(f"[{i}/{len(plans)}] {leaf}")
+        train_one(experiment, run_overrides, quiet_config=True)
+        done.append(group / leaf)
+    console.print(f"group directory: {group}")
+    return done
+
+
+def ablate(experiment: str, overrides: list[str], only: str | None, grid: str) -> list[Path]:
+    variants = load_grid(grid)
+    if only is not None:
+        if only not in variants:
+            raise ValueError(f"grid {grid!r} has no variant {only!r} (it has {', '.join(variants)})")
+        variants = {only: variants[only]}
+    return run_group(experiment, variants, group_dir(experiment, overrides, "ablate"), overrides)
+
+
+def sweep_bits(experiment: str, overrides: list[str], bits: list[int]) -> list[Path]:
+    return run_group(experiment, load_grid("sweep_bits", bits), group_dir(experiment, overrides, "sweep"), overrides)
+
+
+def reproduce(experiment: str, overrides: list[str], seeds: int, runs_dir: Path | None,
+              report_dir: Path | None, grid: str = "reproduce") -> None:
+    """Every variant of ``grid`` per seed, then the report (markdown, CSV, plot)."""
+    from .config import compose
+    from .report import build_report
+
+    overrides = [o for o in overrides if not o.startswith(("seed=", "out_dir="))]
+    cfg = compose(experiment, overrides)
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    group = runs_dir or Path("runs") / cfg.name / "reproduce"
+    variants = load_grid(grid, list(cfg.quant.bits))
+    for seed in range(seeds):
+        console.rule(f"seed {seed}")
+        run_group(experiment, variants, group / f"seed{seed}", overrides + [f"seed={seed}"])
+    rdir = report_dir or Path("experiments") / cfg.name
+    ref = rdir / "reference.csv"
+    text = build_report([group], "markdown", rdir / "results.md", rdir / "results.png",
+                        str(ref) if ref.is_file() else None)
+    build_report([group], "csv", rdir / "results.csv", None, None)
+    console.print(text, markup=False, soft_wrap=True)
+    console.print(f"written: {rdir / 'results.md'}, {rdir / 'results.csv'}, {rdir / 'results.png'}")
+
+
+# ----------------------------------------------------------------------------- eval
+def resolve_checkpoint(target: Path, which: str) -> Path:
+    if which not in ("last", "best"):
+        raise ValueError(f"--checkpoint {which!r}: choose last or best")
+    if target.is_dir():
+        ck = target / ("best.pt" if which == "best" else "checkpoint.pt")
+        if not ck.exists():
+            raise FileNotFoundError(f"{target} has no {ck.name}: is it a qdnn run directory?")
+        return ck
+    if not target.exists():
+        raise FileNotFoundError(f"{target} does not exist")
+    return target
+
+
+def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
+             device: str) -> Path:
+    """Evaluate a checkpoint in any modes; writes ``eval-<ckpt>-<time>.csv`` beside it."""
+    from rich.table import Table
+
+    from .engine.evaluation import evaluate_checkpoint
+    from .engine.rundir import write_csv
+    from .quant import mode_label
+
+    ck = resolve_checkpoint(target, which)
+    rows, meta = evaluate_checkpoint(ck, parse_bits(bits) if bits else None, calibrate_bn, overrides, device)
+    out = ck.parent / f"eval-{ck.stem}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    write_csv(out, rows)
+    table = Table(title=f"{ck} (epoch {meta['epoch']}, trained modes {meta['trained']})")
+    for col in ("bit mode", "top-1 %", "top-5 %", "loss", "BN"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        bn = f"calibrated ({r['calibration_batches']} batches)" if r["calibrated"] else "trained"
+        table.add_row(mode_label(r["mode"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}", bn)
+    console.print(table)
+    console.print(f"written: {out}")
+    return out
+
