@@ -1,0 +1,133 @@
+"""The codebase's seams: registries feed validation, grids are config files, failures
+leave no litter, internal errors are told apart from input errors."""
+import json
+
+import pytest
+import yaml
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv
+
+
+def _one_error_line(result):
+    lines = [x for x in result.output.strip().splitlines() if x.strip()]
+    return len(lines) >= 1 and lines[-1].startswith("error:") and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- registries
+def test_a_new_registry_entry_is_accepted_without_touching_config(tmp_path, monkeypatch):
+    from qdnn_cli.models import MODELS
+    from qdnn_cli.models.resnets import TinyNet
+
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "refused", "model.name=my_net"))
+    assert r.exit_code == 2 and "model.name='my_net' is not allowed" in r.output
+    monkeypatch.setitem(MODELS, "my_net", TinyNet)  # what adding a model to the registry does
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "run", "model.name=my_net", "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["name"] == "my_net"
+
+
+def test_every_registered_quantizer_is_accepted(tmp_path):
+    # pact is a registered weight quantizer (DoReFa weights, as in AdaBits): no longer refused
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "run", "quant.weight=pact", "quant.act=pact",
+                                                    "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_fraction=abc", "data.train_fraction: Value 'abc' of type 'str' could not be converted to Float"),
+    ("trainer.epochs=many", "trainer.epochs: Value 'many' of type 'str' could not be converted to Integer"),
+    ("data.trian_fraction=0.5", "unknown override key 'data.trian_fraction'"),
+    ("sched.name=linear", "sched.name='linear' is not allowed: choose one of cosine, step, constant"),
+    ("trainer.stop_after=0", "trainer.stop_after must be a positive integer or null"),
+])
+def test_typed_config_refuses_wrong_types_and_keys_in_one_line(tmp_path, override, message):
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", override))
+    assert r.exit_code == 2 and _one_error_line(r) and message in r.output, r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_overrides_are_validated_like_train(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+    typo = qdnn("eval", run, "data.trian_fraction=0.5", "--device", "cpu")
+    assert typo.exit_code == 2 and _one_error_line(typo) and "unknown override key 'data.trian_fraction'" in typo.output
+    bad = qdnn("eval", run, "quant.act=nope", "--device", "cpu")
+    assert bad.exit_code == 2 and "quant.act='nope' is not allowed" in bad.output
+    ok = qdnn("eval", run, "trainer.eval_batch_size=7", "--device", "cpu")
+    assert ok.exit_code == 0, ok.output
+    assert not list(run.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- grids
+def test_a_variant_is_added_by_writing_a_grid_file(tmp_path):
+    grid = tmp_path / "mine.yaml"
+    grid.write_text("include: [ablation]\nvariants:\n  next_target: [loss.target=next]\n")
+    group = tmp_path / "g"
+    r = qdnn("ablate", "quickstart", "--grid", grid, "--no-consistency", *tiny_overrides(group, "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in group.iterdir()] == ["no_consistency"]
+    from qdnn_cli.runs import load_grid
+
+    assert load_grid(str(grid))["next_target"] == ["loss.target=next"]
+    assert list(load_grid(str(grid))) == ["full", "no_consistency", "shared_bn", "no_consistency_shared_bn",
+                                          "next_target"]
+    assert load_grid("reproduce", [2, 32])["dedicated_2"] == ["trainer.kind=dedicated", "quant.bits=[2]"]
+
+
+def test_unknown_grid_and_variant_are_one_line(tmp_path):
+    r = qdnn("ablate", "quickstart", "--grid", "nope", *tiny_overrides(tmp_path / "g"))
+    assert r.exit_code == 2 and _one_error_line(r) and "no grid 'nope'" in r.output and "ablation" in r.output
+
+
+# ----------------------------------------------------------------------------- failures
+def test_missing_data_leaves_no_run_folder_and_prints_no_config(tmp_path):
+    out = tmp_path / "run"
+    r = qdnn("train", "quickstart", "data=folder", f"data.root={tmp_path / 'nowhere'}", "trainer.device=cpu",
+             f"out_dir={out}")
+    assert r.exit_code == 2 and _one_error_line(r) and "does not exist" in r.output
+    assert "trainer:" not in r.output  # the config listing comes only once the data is there
+    assert not out.exists()
+
+
+def test_failure_in_an_existing_run_folder_marks_it_failed(tmp_path):
+    import shutil
+
+    from helpers import write_folder_tree
+
+    tree = write_folder_tree(tmp_path / "tree", classes=2, per_class=(8, 4), size=8)
+    run = tmp_path / "run"
+    common = ["data=folder", f"data.root={tree}", "model=tiny", "model.kwargs.width=8", "trainer.device=cpu",
+              "trainer.progress=false", "trainer.batch_size=8", f"out_dir={run}"]
+    assert qdnn("train", "quickstart", *common, "trainer.epochs=1").exit_code == 0
+    shutil.rmtree(tree)  # the data goes missing before the run is extended
+    r = qdnn("train", "quickstart", *common, "trainer.epochs=2")
+    assert r.exit_code == 2 and _one_error_line(r) and "does not exist" in r.output
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "does not exist" in status["message"] and status["epoch"] == 1
+    assert (run / "results.csv").exists() and (run / "checkpoint.pt").exists()  # finished work stays
+
+
+def test_internal_error_exits_1_with_the_traceback_in_the_run_folder(tmp_path, monkeypatch):
+    from qdnn_cli.engine.loop import Trainer
+
+    def broken_step(self, *a, **k):
+        raise RuntimeError("an engine bug")
+
+    monkeypatch.setattr(Trainer, "train_step", broken_step)
+    run = tmp_path / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(run))
+    assert r.exit_code == 1 and _one_error_line(r)
+    assert "RuntimeError: an engine bug (unexpected; traceback in" in r.output
+    log = (run / "error.log").read_text()
+    assert "Traceback" in log and "an engine bug" in log and "broken_step" in log
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and "an engine bug" in status["message"]
+
+
+def test_results_csv_has_no_constant_columns(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run)).exit_code == 0
+    rows = read_csv(run / "results.csv")
+    assert list(rows[0]) == ["mode", "top1", "top5", "loss", "best_top1", "epochs"]
+    assert not list(run.glob(".*.tmp"))  # every file was renamed into place
