@@ -93,16 +93,16 @@ def allowed_names() -> dict[str, tuple]:
     from .data import DATA_SOURCES
     from .engine.compile import COMPILE_SCOPES
     from .engine.device import DEVICES
-    from .engine.losses import TARGETS
-    from .engine.optim import OPTIMIZERS, SCHEDULES
+    from .engine.losses import REDUCTIONS, TARGETS
+    from .engine.optim import INTERVALS, OPTIMIZERS, SCHEDULES
     from .engine.step import MODE_SAMPLING
     from .models import MODELS
-    from .quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+    from .quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, WEIGHT_SCALES
 
     return {
         "model.name": tuple(MODELS), "quant.weight": tuple(WEIGHT_QUANTIZERS), "quant.act": tuple(ACT_QUANTIZERS),
-        "optim.name": tuple(OPTIMIZERS), "sched.name": tuple(SCHEDULES), "data.name": tuple(DATA_SOURCES),
-        "loss.target": TARGETS, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
+        "optim.name": tuple(OPTIMIZERS), "sched.name": tuple(SCHEDULES), "sched.interval": INTERVALS, "data.name": tuple(DATA_SOURCES),
+        "loss.target": TARGETS, "loss.reduction": REDUCTIONS, "quant.weight_scale": WEIGHT_SCALES, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
         "trainer.amp": AMP_MODES, "trainer.mode_sampling": MODE_SAMPLING, "trainer.compile_scope": COMPILE_SCOPES,
     }
 
@@ -142,6 +142,19 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.train_fraction must be in (0, 1], got {f!r}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.optim.lr!r}")
+    s = cfg.sched
+    if s.warmup_epochs < 0 or s.warmup_steps < 0 or not 0 <= s.pct_start < 1:
+        raise ConfigError("sched.warmup_epochs and sched.warmup_steps must be >= 0 and sched.pct_start in [0, 1)")
+    if s.warmup_steps and s.interval != "step":
+        raise ConfigError("sched.warmup_steps needs sched.interval=step (or use sched.warmup_epochs)")
+    if s.warmup_epochs >= t.epochs and s.name != "onecycle":
+        raise ConfigError(f"sched.warmup_epochs={s.warmup_epochs} leaves no epoch after warm-up (trainer.epochs={t.epochs})")
+    if cfg.loss.warmup_epochs < 0 or cfg.loss.fp_weight < 0:
+        raise ConfigError("loss.warmup_epochs and loss.fp_weight must be >= 0")
+    if cfg.loss.warmup_epochs and t.compile and t.compile_scope == "step":
+        raise ConfigError("loss.warmup_epochs changes the loss every epoch: use trainer.compile_scope=mode with it")
+    if cfg.quant.weight_scale != "none" and cfg.quant.weight not in ("dorefa", "pact"):
+        raise ConfigError(f"quant.weight_scale applies to DoReFa weights; quant.weight={cfg.quant.weight} learns its own scale")
     if cfg.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature!r}")
     if OmegaConf.is_missing(cfg.data, "root"):

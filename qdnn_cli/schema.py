@@ -23,6 +23,8 @@ class QuantConfig:
     bit_specific_bn: bool = True
     quantize_first_last: bool = False
     quantize_shortcut: bool = False
+    weight_scale: str = "none"
+    weight_max_grad: bool = False
 
 
 @dataclass
@@ -32,6 +34,9 @@ class LossConfig:
     weight: float = 1.0
     ce_weight: float = 1.0
     temperature: float = 1.0
+    reduction: str = "sum"
+    warmup_epochs: float = 0.0
+    fp_weight: float = 0.0
 
 
 @dataclass
@@ -47,7 +52,10 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     name: str = "cosine"
-    warmup_epochs: int = 0
+    interval: str = "epoch"
+    warmup_epochs: float = 0
+    warmup_steps: int = 0
+    pct_start: float = 0.15
     milestones: List[int] = field(default_factory=list)
     gamma: float = 0.1
 

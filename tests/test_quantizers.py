@@ -109,3 +109,31 @@ def test_lsq_step_gradient_equals_the_lsq_formula():
     local = torch.where(v < -4, torch.tensor(-4.0), torch.where(v > 3, torch.tensor(3.0), torch.round(v) - v))
     expected = (g * local).sum() / (101 * 3) ** 0.5
     assert q.step["3"].grad.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_mean_abs_weight_scale_equals_the_formula(bits):
+    w = torch.randn(32, 16, 3, 3) * 0.05
+    t = torch.tanh(w)
+    n = 2**bits - 1
+    plain = 2 * torch.round((t / (2 * t.abs().max()) + 0.5) * n) / n - 1
+    torch.testing.assert_close(dorefa_weight(w, bits, scale="mean_abs"), plain * w.abs().mean(), rtol=0, atol=1e-7)
+    # the scaled weights have the raw weights' magnitude, not [-1, 1]'s
+    assert dorefa_weight(w, bits, scale="mean_abs").abs().max() < 0.5
+
+
+def test_gradient_through_dorefa_max_follows_dorefas_definition():
+    w = torch.randn(8, 4, 3, 3, requires_grad=True)
+    g = torch.randn_like(w)
+    (dorefa_weight(w, 3, max_grad=True) * g).sum().backward()
+    # reference: autograd of the same formula with the max in the graph, round straight through
+    w2 = w.detach().clone().requires_grad_(True)
+    t = torch.tanh(w2)
+    unit = t / (2 * t.abs().max()) + 0.5
+    (((2 * unit - 1) * g).sum()).backward()
+    torch.testing.assert_close(w.grad, w2.grad, rtol=1e-5, atol=1e-6)
+    # which differs from the detached max on the largest weight only
+    w3 = w.detach().clone().requires_grad_(True)
+    (dorefa_weight(w3, 3) * g).sum().backward()
+    differs = (w.grad - w3.grad).abs() > 1e-6
+    assert differs.sum() == 1 and differs.view(-1)[torch.tanh(w.detach()).abs().argmax()]

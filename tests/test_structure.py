@@ -38,7 +38,7 @@ def test_every_registered_quantizer_is_accepted(tmp_path):
     ("data.train_fraction=abc", "data.train_fraction: Value 'abc' of type 'str' could not be converted to Float"),
     ("trainer.epochs=many", "trainer.epochs: Value 'many' of type 'str' could not be converted to Integer"),
     ("data.trian_fraction=0.5", "unknown override key 'data.trian_fraction'"),
-    ("sched.name=linear", "sched.name='linear' is not allowed: choose one of cosine, step, constant"),
+    ("sched.name=linear", "sched.name='linear' is not allowed: choose one of cosine, onecycle, step, constant"),
     ("trainer.stop_after=0", "trainer.stop_after must be a positive integer or null"),
 ])
 def test_typed_config_refuses_wrong_types_and_keys_in_one_line(tmp_path, override, message):

@@ -123,7 +123,7 @@ def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overr
         )
     q = cfg.quant
     spec = QuantSpec(tuple(sorted(set(modes) | set(trained))), q.weight, q.act, True, bool(q.quantize_first_last),
-                     bool(q.quantize_shortcut))
+                     bool(q.quantize_shortcut), q.get("weight_scale", "none"), bool(q.get("weight_max_grad", False)))
     device = resolve_device(device_name)
     model = build_model(ck["model_name"], spec, int(ck["num_classes"]), int(ck["in_channels"]),
                         **dict(cfg.model.get("kwargs") or {}))

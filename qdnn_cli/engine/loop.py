@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data import build_data
 from ..models import build_model, load_torchvision_weights
 from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict
+from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import peak_memory_mb, resolve_device
@@ -43,7 +44,8 @@ class TrainingDiverged(RuntimeError):
 def quant_spec(cfg: DictConfig) -> QuantSpec:
     q = cfg.quant
     return QuantSpec(tuple(int(b) for b in q.bits), q.weight, q.act, bool(q.bit_specific_bn),
-                     bool(q.quantize_first_last), bool(q.quantize_shortcut))
+                     bool(q.quantize_first_last), bool(q.quantize_shortcut), q.get("weight_scale", "none"),
+                     bool(q.get("weight_max_grad", False)))
 
 
 class Trainer:
@@ -61,8 +63,7 @@ class Trainer:
         self.epochs = int(t.epochs)
         self.files = RunFiles(run_dir, self.epochs, enabled=self.dist.is_main)
         self.distill = t.kind == "quantizable"
-        self.loss_fn = QuantizableLoss(bool(cfg.loss.consistency), cfg.loss.target, float(cfg.loss.weight),
-                                       float(cfg.loss.ce_weight), float(cfg.loss.temperature))
+        self.loss_fn = self.epoch_loss = QuantizableLoss.from_config(cfg.loss)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
@@ -95,7 +96,12 @@ class Trainer:
         self.model = self._build_model()
         self.lr = float(cfg.optim.lr) * (global_batch / 256 if cfg.optim.get("scale_lr_by_batch") else 1)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr)
-        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.epochs)
+        self.steps_per_epoch = len(self.data.train)
+        if t.get("max_steps_per_epoch"):
+            self.steps_per_epoch = min(self.steps_per_epoch, int(t.max_steps_per_epoch))
+        self.per_step_schedule = cfg.sched.get("interval", "epoch") == "step"
+        self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.epochs, self.steps_per_epoch)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
         self._compile()
@@ -166,11 +172,23 @@ class Trainer:
         self.history = self.files.trim_metrics(self.start_epoch)
         self.log(f"resumed from {path} after epoch {self.start_epoch}")
 
+    def calibrate(self) -> None:
+        """LSQ steps still unset are set from the first training batch before the first
+        step, on rank 0, then broadcast: every rank starts alike, and no forward needs a
+        host sync (so a whole-step graph compiles)."""
+        if needs_calibration(self.model):
+            self.data.train.set_epoch(self.start_epoch)
+            x, _ = next(iter(self.data.train))
+            calibrate_quantizers(self.model, x, self.modes_desc)
+            self.dist.broadcast_model(self.model)
+        mark_calibrated(self.model)
+
     # -- the loop ------------------------------------------------------------------------
     def fit(self, on_ready=None) -> dict:
         """Train to ``trainer.epochs``; the caller holds the run directory's lock."""
         self.setup()
         self.try_resume()
+        self.calibrate()
         if on_ready is not None and self.dist.is_main:
             on_ready()
         t = self.cfg.trainer
@@ -181,8 +199,9 @@ class Trainer:
         with make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
             for epoch in range(self.start_epoch, end):
                 stats, timer, train_s, data_share, images = self.train_epoch(epoch, progress)
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                lr = self.last_lr  # the last step's (per-epoch schedules: the epoch's)
+                if not self.per_step_schedule:
+                    self.scheduler.step()
                 self.dist.broadcast_buffers(self.model)  # every rank evaluates rank 0's BN statistics
                 ev, eval_s = None, 0.0
                 if (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs:
@@ -206,11 +225,12 @@ class Trainer:
         """One pass over the training data; returns (stats, timer, seconds, data-time share, images)."""
         t = self.cfg.trainer
         self.data.train.set_epoch(epoch)
+        self.epoch_loss = self.loss_fn.at_epoch(epoch)
         mode_rng = random.Random(int(self.cfg.seed) * 7919 + epoch)
         kill_at = os.environ.get(KILL_AT_ENV, "")
         self.model.train()
         stats, timer = EpochStats(), ModeTimer(self.device)
-        steps = len(self.data.train) if not t.get("max_steps_per_epoch") else min(len(self.data.train), int(t.max_steps_per_epoch))
+        steps = self.steps_per_epoch
         log_every = max(1, int(t.get("log_every", 20)))
         task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="")
         started = t_data = time.perf_counter()
@@ -243,13 +263,16 @@ class Trainer:
             loss, per_mode = self.compiled_step(x, y, tuple(modes))
             self.scaler.scale(loss).backward()  # unchanged loss unless fp16
         else:
-            _, per_mode = mode_losses(self.model, x, y, modes, self.loss_fn, self.distill, self.forward,
+            _, per_mode = mode_losses(self.model, x, y, modes, self.epoch_loss, self.distill, self.forward,
                                       self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer)
         for m, (ce, top1, top5) in per_mode.items():
             stats.add(m, ce, top1, top5, y.numel())
         self.dist.average_gradients(self.model.parameters())
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.per_step_schedule:
+            self.scheduler.step()
 
     def metric_rows(self, epoch, stats, timer, ev, lr, train_s, eval_s, data_share, images) -> list[dict]:
         peak = peak_memory_mb(self.device)

@@ -109,26 +109,38 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
 
     Returns ``(summed loss, {mode: (ce, top-1 hits, top-5 hits)})``, all detached but the
     loss. ``backward`` given: it is called on each mode's loss right after that mode's
-    forward (only one graph alive at a time) and the summed loss is ``None``.
-    ``distill=False``: plain CE per mode (dedicated runs). ``forward`` defaults to
-    ``model`` (a per-mode compiled model is passed here).
+    forward (only one graph alive at a time) and the summed loss is ``None``; the top
+    mode's backward waits for the lower modes only when its loss depends on them
+    (``loss.fp_weight``). ``distill=False``: plain CE per mode (dedicated runs).
+    ``forward`` defaults to ``model`` (a per-mode compiled model is passed here).
     """
     forward = forward or model
-    logits_by_mode, per_mode, total = {}, {}, None
+    scale = loss_fn.mode_scale(len(modes))
+    top_waits = distill and bool(loss_fn.consistency and loss_fn.fp_weight) and len(modes) > 1
+    logits_by_mode, per_mode, total, top = {}, {}, None, None
     for m in modes:
         started = timer.start() if timer is not None else None
         set_bit_mode(model, m)
         with amp_ctx():
             logits = forward(x)
-        teacher = loss_fn.teacher_mode(m, list(modes)) if distill else None
-        loss, ce = loss_fn.mode_loss(logits, y, logits_by_mode.get(teacher), m == modes[0])
+        teacher = loss_fn.teacher(m, modes, logits_by_mode) if distill else None
+        loss, ce = loss_fn.mode_loss(logits, y, teacher, m == modes[0])
+        loss = loss * scale if scale != 1 else loss
+        if top_waits and m == modes[0]:
+            top = (loss, logits)  # finished after the lower modes, which it learns from
+        elif backward is not None:
+            backward(loss)
+        else:
+            total = loss if total is None else total + loss
+        logits_by_mode[m] = logits.detach()
+        per_mode[m] = (ce.detach(), *topk_correct(logits_by_mode[m], y, 5))
+        if timer is not None:
+            timer.stop(m, started)
+    if top is not None:
+        extra = loss_fn.top_term(top[1], [logits_by_mode[m] for m in modes[1:]])
+        loss = top[0] + (extra * scale if extra is not None else 0)
         if backward is not None:
             backward(loss)
         else:
             total = loss if total is None else total + loss
-        logits = logits.detach()
-        logits_by_mode[m] = logits
-        per_mode[m] = (ce.detach(), *topk_correct(logits, y, 5))
-        if timer is not None:
-            timer.stop(m, started)
     return total, per_mode

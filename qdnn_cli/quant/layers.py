@@ -31,6 +31,8 @@ class QuantSpec:
     bit_specific_bn: bool = True
     quantize_first_last: bool = False
     quantize_shortcut: bool = False
+    weight_scale: str = "none"      # DoReFa weights: "mean_abs" multiplies them by E|W|
+    weight_max_grad: bool = False   # DoReFa weights: gradient through max|tanh W|
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -67,7 +69,7 @@ class QConv2d(nn.Conv2d, _Switchable):
         self.bits = max(spec.modes)
         self.quantize = quantize
         self.quantize_input = quantize and quantize_input
-        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes) if quantize else None
+        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale, max_grad=spec.weight_max_grad) if quantize else None
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if self.quantize_input else None
 
     def forward(self, x):
@@ -85,7 +87,7 @@ class QLinear(nn.Linear, _Switchable):
         self.modes = spec.modes
         self.bits = max(spec.modes)
         self.quantize = quantize
-        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes) if quantize else None
+        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale, max_grad=spec.weight_max_grad) if quantize else None
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if quantize else None
 
     def forward(self, x):

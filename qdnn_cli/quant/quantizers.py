@@ -79,14 +79,28 @@ def quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
     return _ClampRound.apply(_as_float32(x), _levels(bits))
 
 
-def dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """DoReFa weights: tanh, map to [0, 1], quantize, map back to [-1, 1]."""
-    t = torch.tanh(_as_float32(w))
-    unit = t / (2 * t.abs().max().detach()) + 0.5
+WEIGHT_SCALES = ("none", "mean_abs")
+
+
+def dorefa_weight(w: torch.Tensor, bits: int, scale: str = "none", max_grad: bool = False) -> torch.Tensor:
+    """DoReFa weights: tanh, map to [0, 1] by the layer's max, quantize, map back to [-1, 1].
+
+    ``scale="mean_abs"`` multiplies the result by E|W| (detached), as Any-Precision does,
+    so every mode's weights keep the scale of the raw full-precision ones. ``max_grad``:
+    let the gradient flow through max|tanh W| as in DoReFa's own definition; off by
+    default because that term lands on the single largest weight of each layer, summed
+    over all its elements. 1 bit is E|W|·sign(W) (DoReFa's binary case) either way.
+    """
     if bits == 1:
-        # 1 bit: sign of the weight scaled by E|W| (DoReFa's binary case).
         return naive_sign_weight(w)
-    return _Round.apply(unit, _levels(bits)).mul(2).sub_(1)
+    w = _as_float32(w)
+    t = torch.tanh(w)
+    peak = t.abs().max()
+    unit = t / (2 * (peak if max_grad else peak.detach())) + 0.5
+    q = _Round.apply(unit, _levels(bits)).mul(2).sub_(1)
+    if scale == "mean_abs":
+        q = q * w.abs().mean().detach()
+    return q
 
 
 def naive_sign_weight(w: torch.Tensor) -> torch.Tensor:
@@ -111,11 +125,15 @@ def naive_dorefa_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- modules
 class WeightQuantizer(nn.Module):
-    """Base: ``forward(w, bits)``; bits 32 returns w unchanged."""
+    """Base: ``forward(w, bits)``; bits 32 returns w unchanged. ``scale`` and ``max_grad``
+    are DoReFa's options (:func:`dorefa_weight`); other quantizers ignore them."""
 
-    def __init__(self, modes: tuple[int, ...]):
+    def __init__(self, modes: tuple[int, ...], scale: str = "none", max_grad: bool = False):
         super().__init__()
+        if scale not in WEIGHT_SCALES:
+            raise ValueError(f"quant.weight_scale={scale!r} is unknown: choose one of {', '.join(WEIGHT_SCALES)}")
         self.modes = tuple(modes)
+        self.scale, self.max_grad = scale, max_grad
 
     def forward(self, w: torch.Tensor, bits: int) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -125,7 +143,7 @@ class DoReFaWeight(WeightQuantizer):
     def forward(self, w, bits):
         if bits == FULL_PRECISION:
             return w
-        return dorefa_weight(w, bits)
+        return dorefa_weight(w, bits, self.scale, self.max_grad)
 
 
 class NaiveDoReFaWeight(WeightQuantizer):
@@ -203,6 +221,13 @@ class LSQQuantizer(nn.Module):
         self._ready = set()  # loaded steps may be 0 (never trained): check again
         super()._load_from_state_dict(*args, **kwargs)
 
+    def uninitialised(self) -> bool:
+        return any(p.item() <= 0 for p in self.step.values())
+
+    def mark_ready(self) -> None:
+        """Every step is set: forward never looks at the values again (no host sync)."""
+        self._ready = {k for k, p in self.step.items() if p.item() > 0}
+
     def _range(self, bits: int) -> tuple[int, int]:
         if self.signed:
             if bits == 1:
@@ -229,7 +254,7 @@ class LSQQuantizer(nn.Module):
 
 
 class LSQWeight(LSQQuantizer):
-    def __init__(self, modes):
+    def __init__(self, modes, **dorefa_options):  # LSQ learns its own scale
         super().__init__(modes, signed=True)
 
 
