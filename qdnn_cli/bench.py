@@ -7,6 +7,9 @@ as medians, so machine noise hits every variant alike. Ratios:
 * joint_ratio    = step(joint over B modes) / (B · step(FP)) (target ≤ 1.15; floor = 1)
 * speedup_vs_naive = step(naive joint) / step(joint)        (target ≥ 1.6)
 
+(Longer than the ~350 lines we aim for: every variant, CPU and CUDA, lives in this one
+module so they are all timed side by side in one process, as the ratios require.)
+
 The naive joint step is the way most research code does it: Python round/clamp/detach
 straight-through quantizers and one full-size teacher forward kept alive for the loss.
 """
