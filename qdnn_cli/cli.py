@@ -108,11 +108,34 @@ def eval_cmd(
     calibrate_bn: int = typer.Option(0, "--calibrate-bn", help="re-estimate BN of untrained modes from N training batches"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a per-layer bit configuration (YAML) to evaluate too"),
 ):
-    """Evaluate a trained model in any bit modes; untrained modes need --calibrate-bn N."""
+    """Evaluate a trained model in any bit modes (and a per-layer bit configuration);
+    untrained bit-widths need --calibrate-bn N."""
     from .runs import evaluate
 
-    evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device)
+    evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device, config)
+
+
+@app.command()
+@guarded
+def search(
+    target: Path = typer.Argument(..., help="run directory (its last checkpoint) or checkpoint file"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="overrides of the run's config, e.g. data.root=..."),
+    budget_bops: Optional[str] = typer.Option(None, "--budget-bops", help="BOPs budget: a number (K/M/G) or a mode, e.g. 3-bit"),
+    budget_size_mb: Optional[str] = typer.Option(None, "--budget-size-mb", help="model size budget in MB, or a mode"),
+    candidates: int = typer.Option(60, "--candidates", help="configurations to evaluate (besides the uniform modes)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the search"),
+    calibrate_bn: int = typer.Option(10, "--calibrate-bn", help="training batches to re-estimate BN per candidate"),
+    search_images: int = typer.Option(2000, "--search-images", help="held-out training-split images to score on"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: beside the checkpoint)"),
+):
+    """Per-layer weight/activation bits under a cost budget, from the trained model alone."""
+    from .runs import search as run_search
+
+    run_search(target, overrides or [], budget_bops, budget_size_mb, candidates, seed, calibrate_bn, search_images,
+               device, out)
 
 
 @app.command()

@@ -129,7 +129,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.kind=dedicated trains one bit-width, but quant.bits={bits}")
     if t.kind == "quantizable" and cfg.loss.consistency and cfg.loss.target == "fp" and 32 not in bits and len(bits) > 1:
         raise ConfigError(f"loss.target=fp needs full precision (32) in quant.bits={bits}; add 32 or use loss.target=next")
-    for key in ("epochs", "batch_size", "eval_batch_size", "sandwich_k", "log_every", "eval_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "sandwich_k", "mixed_k", "log_every", "eval_every"):
         if t[key] < 1:
             raise ConfigError(f"trainer.{key} must be a positive integer, got {t[key]!r}")
     for key in ("stop_after", "max_steps_per_epoch", "num_threads"):
@@ -151,6 +151,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"sched.warmup_epochs={s.warmup_epochs} leaves no epoch after warm-up (trainer.epochs={t.epochs})")
     if cfg.loss.warmup_epochs < 0 or cfg.loss.fp_weight < 0:
         raise ConfigError("loss.warmup_epochs and loss.fp_weight must be >= 0")
+    if t.mode_sampling == "mixed" and t.compile:
+        raise ConfigError("trainer.mode_sampling=mixed draws new per-layer configurations every step: "
+                          "it runs eager (trainer.compile=false)")
+    if t.mode_sampling == "mixed" and (t.kind != "quantizable" or len(bits) < 2):
+        raise ConfigError("trainer.mode_sampling=mixed needs a quantizable run with several bit modes")
     if cfg.loss.warmup_epochs and t.compile and t.compile_scope == "step":
         raise ConfigError("loss.warmup_epochs changes the loss every epoch: use trainer.compile_scope=mode with it")
     if cfg.quant.weight_scale != "none" and cfg.quant.weight not in ("dorefa", "pact"):

@@ -1,16 +1,27 @@
-"""Model size and bit operations (BOPs) per bit mode.
+"""Model size and bit operations (BOPs) of a bit configuration, per layer and in total.
 
 BOPs of a layer = MACs × weight bits × activation bits; layers kept in full precision
-(first conv, classifier, shortcuts by default) count at 32 × 32. Size counts each
-conv/linear weight at its mode's bit-width and everything else (biases, one mode's BN,
-clip levels) at 32 bits.
+(first conv, classifier, shortcuts by default), and the input side of a layer whose
+input is not quantized, count at 32 bits. Size counts each conv/linear weight at its
+weight bits and everything else (biases, one mode's BN, clip levels) at 32 bits.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .models import build_model
-from .quant import BitSpecificBN, QConv2d, QLinear, QuantSpec
+from .quant import BitConfig, BitSpecificBN, QConv2d, QLinear, QuantSpec
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    quantized: bool        # its bits follow the configuration
+    quantize_input: bool
+    macs: int
+    weights: int
 
 
 def _macs(model, in_channels: int, image_size: int) -> dict:
@@ -31,22 +42,39 @@ def _macs(model, in_channels: int, image_size: int) -> dict:
     return macs
 
 
-def model_cost(cfg: dict, num_classes: int, in_channels: int, image_size: int, modes) -> dict:
-    q = cfg["quant"]
-    spec = QuantSpec((32,), q["weight"], q["act"], True, q.get("quantize_first_last", False),
-                     q.get("quantize_shortcut", False))
-    model = build_model(cfg["model"]["name"], spec, num_classes, in_channels, **dict(cfg["model"].get("kwargs") or {}))
+def layer_costs(model_cfg: dict, quant_cfg: dict, num_classes: int, in_channels: int,
+                image_size: int) -> tuple[list[LayerCost], int]:
+    """Every conv/linear layer's MACs (one image) and weight count, and the number of
+    other parameters (stored at 32 bits)."""
+    spec = QuantSpec((32,), quant_cfg.get("weight", "dorefa"), quant_cfg.get("act", "dorefa"), True,
+                     quant_cfg.get("quantize_first_last", False), quant_cfg.get("quantize_shortcut", False))
+    model = build_model(model_cfg["name"], spec, num_classes, in_channels, **dict(model_cfg.get("kwargs") or {}))
     macs = _macs(model, in_channels, image_size)
-    layers = [m for m in model.modules() if isinstance(m, (QConv2d, QLinear))]
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))]
     bn_params = sum(p.numel() for m in model.modules() if isinstance(m, BitSpecificBN) for p in m.parameters())
-    other = sum(m.bias.numel() for m in layers if m.bias is not None) + bn_params
+    other = sum(m.bias.numel() for _, m in layers if m.bias is not None) + bn_params
+    return [LayerCost(n, bool(m.quantize), bool(m.quantize_input), int(macs[m]), m.weight.numel())
+            for n, m in layers], int(other)
+
+
+def config_cost(layers: list[LayerCost], other: int, config: BitConfig) -> dict:
+    """``{"size_mb", "bops", "layers": [{name, w, a, size_mb, bops}]}`` of a configuration."""
+    rows, bits_total, bops = [], other * 32, 0
+    for lc in layers:
+        lb = config.bits_of(lc.name)
+        w = lb.w if lc.quantized else 32
+        a = lb.a if (lc.quantized and lc.quantize_input) else 32
+        rows.append({"name": lc.name, "w": w, "a": a, "size_mb": lc.weights * w / 8 / 1e6, "bops": lc.macs * w * a})
+        bits_total += lc.weights * w
+        bops += lc.macs * w * a
+    return {"size_mb": bits_total / 8 / 1e6, "bops": float(bops), "layers": rows}
+
+
+def model_cost(cfg: dict, num_classes: int, in_channels: int, image_size: int, modes) -> dict:
+    """Size and BOPs of each uniform bit mode: ``{mode: {"size_mb", "bops"}}``."""
+    layers, other = layer_costs(cfg["model"], cfg["quant"], num_classes, in_channels, image_size)
     out = {}
     for b in modes:
-        bits_total, bops = other * 32, 0
-        for m in layers:
-            wb = b if (m.quantize and b != 32) else 32
-            ab = b if (getattr(m, "quantize_input", m.quantize) and b != 32) else 32
-            bits_total += m.weight.numel() * wb
-            bops += macs[m] * wb * ab
-        out[b] = {"size_mb": bits_total / 8 / 1e6, "bops": float(bops)}
+        c = config_cost(layers, other, BitConfig.uniform(b))
+        out[b] = {"size_mb": c["size_mb"], "bops": c["bops"]}
     return out

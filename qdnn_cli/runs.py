@@ -211,25 +211,58 @@ def resolve_checkpoint(target: Path, which: str) -> Path:
 
 
 def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
-             device: str) -> Path:
-    """Evaluate a checkpoint in any modes; writes ``eval-<ckpt>-<time>.csv`` beside it."""
+             device: str, config: Path | None = None) -> Path:
+    """Evaluate a checkpoint in any modes (and a per-layer bit configuration); writes
+    ``eval-<ckpt>-<time>.csv`` beside it."""
     from rich.table import Table
 
     from .engine.evaluation import evaluate_checkpoint
     from .engine.rundir import write_csv
-    from .quant import mode_label
+    from .quant import BitConfig, mode_label
 
     ck = resolve_checkpoint(target, which)
-    rows, meta = evaluate_checkpoint(ck, parse_bits(bits) if bits else None, calibrate_bn, overrides, device)
+    bit_cfg = BitConfig.load(config) if config is not None else None
+    rows, meta = evaluate_checkpoint(ck, parse_bits(bits) if bits else None, calibrate_bn, overrides, device,
+                                     bit_cfg, f"config {config.name}" if config is not None else "config")
     out = ck.parent / f"eval-{ck.stem}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     write_csv(out, rows)
     table = Table(title=f"{ck} (epoch {meta['epoch']}, trained modes {meta['trained']})")
-    for col in ("bit mode", "top-1 %", "top-5 %", "loss", "BN"):
+    for col in ("bits", "top-1 %", "top-5 %", "loss", "size MB", "GBOPs", "BN"):
         table.add_column(col, justify="right")
     for r in rows:
         bn = f"calibrated ({r['calibration_batches']} batches)" if r["calibrated"] else "trained"
-        table.add_row(mode_label(r["mode"]), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}", bn)
+        label = mode_label(r["mode"]) if isinstance(r["mode"], int) else r["mode"]
+        table.add_row(label, f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}", f"{r['size_mb']:.3f}",
+                      f"{r['gbops']:.3f}", bn)
     console.print(table)
     console.print(f"written: {out}")
     return out
 
+
+# ----------------------------------------------------------------------------- search
+def search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
+           seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None) -> dict:
+    """``qdnn search``: per-layer configurations under a budget; prints the validation table."""
+    from rich.table import Table
+
+    from .engine.progress import make_progress
+    from .search import run_search
+
+    if (budget_bops is None) == (budget_size_mb is None):
+        raise ValueError("give exactly one budget: --budget-bops X or --budget-size-mb Y")
+    kind, budget = ("bops", budget_bops) if budget_bops is not None else ("size_mb", budget_size_mb)
+    ck = resolve_checkpoint(target, "last")
+    with make_progress(console, True) as progress:
+        summary = run_search(ck, kind, budget, candidates, seed, calibrate_bn, search_images, device, out,
+                             progress, overrides)
+    console.print(f"searched {summary['evaluated']} configurations in {summary['seconds']:.0f} s on "
+                  f"{summary['search_slice']}")
+    table = Table(title="validation split (never searched on)")
+    for col in ("setting", "BN", "top-1 %", "top-5 %", "size MB", "GBOPs"):
+        table.add_column(col, justify="right")
+    for r in summary["val"]:
+        table.add_row(r["setting"], r["bn"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['size_mb']:.3f}",
+                      f"{r['gbops']:.3f}")
+    console.print(table)
+    console.print(f"written: {summary['out_dir']}/ (search.csv, pareto.csv, pareto.png, best.yaml, val.csv)")
+    return summary

@@ -73,6 +73,7 @@ class TrainerConfig:
     compile_scope: str = "mode"
     mode_sampling: str = "all"
     sandwich_k: int = 1
+    mixed_k: int = 2
     num_threads: Optional[int] = None
     max_steps_per_epoch: Optional[int] = None
     log_every: int = 20

@@ -93,5 +93,36 @@ def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, s
                       src.classes, int(train.labels.numel()), int(src.val.labels.numel()))
 
 
-__all__ = ["build_data", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
+def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: torch.device,
+                  n_images: int) -> tuple[TensorBatches, TensorBatches, str]:
+    """For post-training searches: (training batches as in training, for BN
+    re-calibration; a held-out slice of the *training split* of about ``n_images``,
+    stratified; what the slice is). The slice is the part of the training split the run
+    did not train on (``data.train_fraction`` < 1); with the whole split trained on, it
+    is a slice of the training images themselves, and the description says so. The
+    validation split is never touched."""
+    src = load_source(d, seed)
+    if not src.in_memory:
+        raise DataError("a search needs an in-memory data set (CIFAR-sized images); this one streams from disk")
+    labels = src.train.labels
+    fraction = float(d.get("train_fraction", 1.0))
+    trained = stratified_subset(labels, fraction, seed) if fraction != 1 else torch.arange(len(labels))
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[trained] = False
+    pool = rest.nonzero().squeeze(1) if fraction != 1 else torch.arange(len(labels))
+    what = ("held out: training-split images outside the run's training subset" if fraction != 1
+            else "not held out: the run trained on the whole training split, so the slice is part of it")
+    if len(pool) == 0:
+        raise DataError("no training-split images are left to search on")
+    take = stratified_subset(labels[pool], min(1.0, n_images / len(pool)), seed + 1)
+    idx = pool[take]
+    aug = Augment(int(d.get("crop_padding", 0)), bool(d.get("flip", False)))
+    calib = TensorBatches(src.train.images[trained], labels[trained], batch_size, src.mean, src.std, device,
+                          shuffle=True, augment=aug, seed=seed)
+    search = TensorBatches(src.train.images[idx], labels[idx], eval_batch_size, src.mean, src.std, device,
+                           shuffle=False)
+    return calib, search, f"{len(idx)} images, {what}"
+
+
+__all__ = ["build_data", "build_holdout", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
            "stratified_subset", "CIFAR_STATS", "DATA_SOURCES"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,9 @@ from omegaconf import OmegaConf
 
 from ..data import build_data
 from ..models import build_model
-from ..quant import BitModeError, BitSpecificBN, QuantSpec, set_bit_mode
+from ..quant import BitConfig, BitModeError, BitSpecificBN, QuantSpec
+from ..quant.calibrate import mark_calibrated
+from ..quant.mixed import apply_bits, check_config
 from .checkpoint import safe_load
 from .device import resolve_device
 from .step import topk_correct
@@ -34,7 +37,7 @@ def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx=None
     sums = {m: torch.zeros(4, device=device, dtype=torch.float64) for m in modes}  # loss, top1, top5, n
     for x, y in loader:
         for m in modes:
-            set_bit_mode(model, m)
+            apply_bits(model, m)
             with amp_ctx():
                 logits = model(x)
             logits = logits.float()
@@ -82,8 +85,9 @@ def expand_state(state: dict, trained: list[int], modes: list[int]) -> dict:
 
 @torch.no_grad()
 def calibrate_bn(model, loader, mode: int, batches: int) -> int:
-    """Re-estimate the running statistics of ``mode``'s BNs from ``batches`` training batches."""
-    set_bit_mode(model, mode)
+    """Re-estimate the running statistics of the BNs ``mode`` (a bit mode or configuration)
+    selects, from ``batches`` training batches."""
+    apply_bits(model, mode)
     bns = [m.bn[m._key] for m in model.modules() if isinstance(m, BitSpecificBN)]
     saved = [bn.momentum for bn in bns]
     for bn in bns:
@@ -102,11 +106,19 @@ def calibrate_bn(model, loader, mode: int, batches: int) -> int:
     return seen
 
 
-def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overrides: list[str] = (),
-                        device_name: str = "auto") -> tuple[list[dict], dict]:
-    """Rows of (mode, top-1, top-5, loss, trained, calibrated) for a checkpoint; ``overrides``
-    (``key=value``, e.g. ``data.root=...``) change the run's saved config and are
-    validated as ``qdnn train`` validates its own."""
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    cfg: object          # the run's config, with overrides applied
+    checkpoint: dict
+    trained: list[int]   # modes the checkpoint trained
+    device: torch.device
+
+
+def load_checkpoint_model(ckpt_path, modes: set[int], overrides: list[str] = (),
+                          device_name: str = "auto") -> LoadedRun:
+    """The checkpoint's model, built for its trained modes plus ``modes``; a mode it never
+    trained starts from the nearest trained mode's BN (re-calibrate before trusting it)."""
     from ..config import apply_overrides
 
     ck = safe_load(ckpt_path)
@@ -114,13 +126,6 @@ def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overr
         raise BitModeError(f"{ckpt_path} is not a qdnn training checkpoint (no model/config entries)")
     cfg = apply_overrides(OmegaConf.create(ck["config"]), list(overrides))
     trained = sorted(int(b) for b in ck["model"]["_qdnn.bit_modes"].tolist())
-    modes = sorted(set(bits or trained))
-    untrained = [m for m in modes if m not in trained]
-    if untrained and calibrate <= 0:
-        raise BitModeError(
-            f"bit modes {untrained} were never trained in this model (trained: {trained}); "
-            "pass --calibrate-bn N to re-estimate their BN statistics from N training batches"
-        )
     q = cfg.quant
     spec = QuantSpec(tuple(sorted(set(modes) | set(trained))), q.weight, q.act, True, bool(q.quantize_first_last),
                      bool(q.quantize_shortcut), q.get("weight_scale", "none"), bool(q.get("weight_max_grad", False)))
@@ -132,18 +137,74 @@ def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overr
     if missing or unexpected:
         raise BitModeError(f"{ckpt_path} does not fit the {ck['model_name']} it names "
                            f"(missing {missing[:1]}, unexpected {unexpected[:1]})")
-    model.to(device).eval()
+    mark_calibrated(model)  # trained LSQ steps are set; untrained ones initialise on calibration
+    return LoadedRun(model.to(device).eval(), cfg, ck, trained, device)
+
+
+def run_costs(run: LoadedRun, setting) -> dict:
+    """Size (MB) and BOPs of a bit mode or configuration of a loaded run's model."""
+    from ..cost import config_cost, layer_costs
+
+    ck = run.checkpoint
+    key = "_costs"
+    if key not in run.__dict__:
+        run.__dict__[key] = layer_costs(dict(run.cfg.model), dict(run.cfg.quant), int(ck["num_classes"]),
+                                        int(ck["in_channels"]), int(ck["image_size"]))
+    layers, other = run.__dict__[key]
+    cfg = setting if isinstance(setting, BitConfig) else BitConfig.uniform(int(setting))
+    return config_cost(layers, other, cfg)
+
+
+def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overrides: list[str] = (),
+                        device_name: str = "auto", config: BitConfig | None = None,
+                        config_name: str = "config") -> tuple[list[dict], dict]:
+    """Rows of (mode, top-1, top-5, loss, size, BOPs, trained, calibrated) for a checkpoint:
+    its bit modes (or ``bits``) and, with ``config``, a per-layer configuration, whose BN
+    statistics are re-estimated from ``calibrate`` training batches when that is given.
+    ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config and
+    are validated as ``qdnn train`` validates its own."""
+    extra = set(bits or []) | (config.all_bits() if config is not None else set())
+    run = load_checkpoint_model(ckpt_path, extra, overrides, device_name)
+    model, cfg, trained = run.model, run.cfg, run.trained
+    modes = sorted(set(bits or trained))  # with a configuration too: the uniform modes beside it
+    untrained = sorted(b for b in extra if b not in trained)
+    if untrained and calibrate <= 0:
+        raise BitModeError(
+            f"bit modes {untrained} were never trained in this model (trained: {trained}); "
+            "pass --calibrate-bn N to re-estimate their BN statistics from N training batches"
+        )
+    if config is not None:
+        check_config(model, config)
     t = cfg.trainer
-    data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), device, int(cfg.seed))
-    if data.num_classes != int(ck["num_classes"]):
-        raise BitModeError(f"data has {data.num_classes} classes but the checkpoint was trained on {ck['num_classes']}")
-    calibrated = {}
-    for m in untrained:
-        calibrated[m] = calibrate_bn(model, data.train, m, calibrate)
+    data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
+    if data.num_classes != int(run.checkpoint["num_classes"]):
+        raise BitModeError(f"data has {data.num_classes} classes but the checkpoint was trained on "
+                           f"{run.checkpoint['num_classes']}")
+    calibrated = {m: calibrate_bn(model, data.train, m, calibrate) for m in modes if m not in trained}
     results = evaluate(model, data.val, modes)
     rows = []
     for m in sorted(modes, reverse=True):
-        rows.append({"mode": m, "top1": round(results[m]["top1"], 4), "top5": round(results[m]["top5"], 4),
-                     "loss": round(results[m]["loss"], 6), "trained": m in trained,
-                     "calibrated": m in calibrated, "calibration_batches": calibrated.get(m, 0)})
-    return rows, {"trained": trained, "epoch": ck.get("epoch")}
+        rows.append(_row(m, results[m], run_costs(run, m), m in trained, calibrated.get(m)))
+    if config is not None:
+        before = bn_state(model)
+        seen = calibrate_bn(model, data.train, config, calibrate) if calibrate > 0 else None
+        result = evaluate(model, data.val, [config])[config]
+        load_bn_state(model, before)
+        rows.append(_row(config_name, result, run_costs(run, config), not untrained, seen))
+    return rows, {"trained": trained, "epoch": run.checkpoint.get("epoch")}
+
+
+def _row(mode, result: dict, cost: dict, trained: bool, calibration_batches) -> dict:
+    return {"mode": mode, "top1": round(result["top1"], 4), "top5": round(result["top5"], 4),
+            "loss": round(result["loss"], 6), "size_mb": round(cost["size_mb"], 5),
+            "gbops": round(cost["bops"] / 1e9, 5), "trained": trained,
+            "calibrated": calibration_batches is not None, "calibration_batches": calibration_batches or 0}
+
+
+def bn_state(model) -> dict:
+    """Every BatchNorm's statistics and affine parameters (to undo a calibration)."""
+    return {k: v.clone() for k, v in model.state_dict().items() if ".bn." in k}
+
+
+def load_bn_state(model, state: dict) -> None:
+    model.load_state_dict(state, strict=False)

@@ -21,6 +21,7 @@ from ..data import build_data
 from ..models import build_model, load_torchvision_weights
 from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict
 from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
+from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import peak_memory_mb, resolve_device
@@ -30,7 +31,7 @@ from .losses import QuantizableLoss
 from .optim import build_optimizer, build_scheduler
 from .progress import epoch_line, make_progress
 from .rundir import RunFiles, last_eval, train_rows, val_rows
-from .step import EpochStats, ModeTimer, mode_losses, mode_sets, sample_modes
+from .step import EpochStats, ModeTimer, mode_losses, mode_sets, random_config, sample_modes
 
 # Fault injection for crash tests: "E:S" kills this process with SIGKILL right after
 # step S of epoch E (both 1-based), a deterministic kill -9 mid-epoch.
@@ -104,6 +105,7 @@ class Trainer:
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
+        self.layer_names = list(quantized_layers(self.model))
         self._compile()
         d = self.data
         self.files.data_info({"num_classes": d.num_classes, "in_channels": d.in_channels, "image_size": d.image_size,
@@ -239,8 +241,10 @@ class Trainer:
             if step >= steps:
                 break
             data_time += time.perf_counter() - t_data
-            self.train_step(x, y, sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), mode_rng),
-                            stats, timer)
+            modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), mode_rng)
+            if t.mode_sampling == "mixed":  # k per-layer configurations, distilled from the top mode
+                modes += [random_config(self.layer_names, self.modes_desc, mode_rng) for _ in range(int(t.mixed_k))]
+            self.train_step(x, y, modes, stats, timer)
             images += y.numel()
             if kill_at == f"{epoch + 1}:{step + 1}":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -266,7 +270,7 @@ class Trainer:
             _, per_mode = mode_losses(self.model, x, y, modes, self.epoch_loss, self.distill, self.forward,
                                       self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer)
         for m, (ce, top1, top5) in per_mode.items():
-            stats.add(m, ce, top1, top5, y.numel())
+            stats.add(m if isinstance(m, int) else "mixed", ce, top1, top5, y.numel())
         self.dist.average_gradients(self.model.parameters())
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)

@@ -33,7 +33,8 @@ def make_progress(console, enabled: bool):
 
 def epoch_line(epoch: int, epochs: int, ev: dict | None, stats, seconds: float) -> str:
     if ev is None:  # not an evaluation epoch (trainer.eval_every): show training loss
-        cells = "  ".join(f"{mode_label(m)} {stats.mean_loss(m):.3f}" for m in sorted(stats.loss, reverse=True))
+        order = sorted((m for m in stats.loss if isinstance(m, int)), reverse=True) + (["mixed"] if "mixed" in stats.loss else [])
+        cells = "  ".join(f"{mode_label(m) if isinstance(m, int) else m} {stats.mean_loss(m):.3f}" for m in order)
         return f"epoch {epoch}/{epochs}  train loss: {cells}  ({seconds:.1f}s train)"
     cells = "  ".join(f"{mode_label(m)} {r['top1']:.2f}" for m, r in sorted(ev.items(), reverse=True))
     return f"epoch {epoch}/{epochs}  val top-1: {cells}  ({seconds:.1f}s train)"

@@ -125,7 +125,7 @@ def train_rows(epoch: int, stats, mode_seconds: dict, seen_total: dict, lr: floa
     """metrics.csv rows of one epoch's training, one per mode trained. A mode's images/s
     comes from its own forward+backward seconds where those were timed."""
     rows = []
-    for m in modes_desc:
+    for m in list(modes_desc) + ["mixed"]:  # "mixed": the random per-layer configurations, together
         seen = stats.seen.get(m)
         if not seen:
             continue

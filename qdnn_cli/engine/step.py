@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from ..quant import set_bit_mode
+from ..quant import BitConfig, LayerBits
+from ..quant.mixed import apply_bits
 from .losses import QuantizableLoss
 
 
@@ -28,12 +29,19 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.T
     return hit[:, 0].sum(), hit.any(dim=1).sum()
 
 
-MODE_SAMPLING = ("all", "sandwich")
+MODE_SAMPLING = ("all", "sandwich", "mixed")
+
+
+def random_config(layer_names: list[str], modes: list[int], gen: random.Random) -> BitConfig:
+    """Every quantized layer gets a weight and an activation bit-width drawn from ``modes``."""
+    return BitConfig(LayerBits(min(modes), min(modes)),
+                     tuple((n, LayerBits(gen.choice(modes), gen.choice(modes))) for n in layer_names))
 
 
 def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) -> list[int]:
-    """``all``: every mode. ``sandwich``: highest + lowest + k random others (highest first)."""
-    if how == "all" or len(modes_desc) <= 2:
+    """``all`` and ``mixed``: every mode. ``sandwich``: highest + lowest + k random others
+    (highest first). (``mixed`` adds per-layer configurations after these: the trainer.)"""
+    if how in ("all", "mixed") or len(modes_desc) <= 2:
         return list(modes_desc)
     middle = modes_desc[1:-1]
     picked = set(gen.sample(middle, min(k, len(middle))))
@@ -42,7 +50,7 @@ def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) ->
 
 def mode_sets(modes_desc: list[int], how: str, k: int) -> int:
     """How many different mode lists :func:`sample_modes` can return (graphs to compile)."""
-    if how == "all" or len(modes_desc) <= 2:
+    if how in ("all", "mixed") or len(modes_desc) <= 2:
         return 1
     return math.comb(len(modes_desc) - 2, min(k, len(modes_desc) - 2))
 
@@ -120,7 +128,7 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
     logits_by_mode, per_mode, total, top = {}, {}, None, None
     for m in modes:
         started = timer.start() if timer is not None else None
-        set_bit_mode(model, m)
+        apply_bits(model, m)  # a bit mode, or a per-layer configuration (mode_sampling=mixed)
         with amp_ctx():
             logits = forward(x)
         teacher = loss_fn.teacher(m, modes, logits_by_mode) if distill else None

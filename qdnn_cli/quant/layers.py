@@ -60,41 +60,45 @@ class QConv2d(nn.Conv2d, _Switchable):
     """Conv2d whose weights and *input* activations follow the current bit mode.
 
     ``quantize=False`` keeps it full precision in every mode (first conv, shortcuts).
+    ``w_bits`` / ``a_bits`` are the weight and input-activation bits in use: both equal
+    the bit mode under :func:`set_bit_mode`; a mixed configuration (:mod:`.mixed`) sets
+    them per layer and separately.
     """
 
     def __init__(self, in_ch, out_ch, kernel_size, spec: QuantSpec, stride=1, padding=0,
                  bias=False, quantize=True, quantize_input=True, groups=1):
         super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups)
         self.modes = spec.modes
-        self.bits = max(spec.modes)
+        self.bits = self.w_bits = self.a_bits = max(spec.modes)
         self.quantize = quantize
         self.quantize_input = quantize and quantize_input
-        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale, max_grad=spec.weight_max_grad) if quantize else None
+        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale,
+                                                            max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if self.quantize_input else None
 
     def forward(self, x):
-        bits = self.bits
-        if not self.quantize or bits == FULL_PRECISION:
+        if not self.quantize:
             return self._conv_forward(x, self.weight, self.bias)
         if self.act_quant is not None:
-            x = self.act_quant(x, bits)
-        return self._conv_forward(x, self.weight_quant(self.weight, bits), self.bias)
+            x = self.act_quant(x, self.a_bits)  # bits 32 passes x through
+        return self._conv_forward(x, self.weight_quant(self.weight, self.w_bits), self.bias)
 
 
 class QLinear(nn.Linear, _Switchable):
     def __init__(self, in_f, out_f, spec: QuantSpec, bias=True, quantize=True):
         super().__init__(in_f, out_f, bias=bias)
         self.modes = spec.modes
-        self.bits = max(spec.modes)
+        self.bits = self.w_bits = self.a_bits = max(spec.modes)
         self.quantize = quantize
-        self.weight_quant = WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale, max_grad=spec.weight_max_grad) if quantize else None
+        self.quantize_input = quantize
+        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale,
+                                                            max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if quantize else None
 
     def forward(self, x):
-        bits = self.bits
-        if not self.quantize or bits == FULL_PRECISION:
+        if not self.quantize:
             return F.linear(x, self.weight, self.bias)
-        return F.linear(self.act_quant(x, bits), self.weight_quant(self.weight, bits), self.bias)
+        return F.linear(self.act_quant(x, self.a_bits), self.weight_quant(self.weight, self.w_bits), self.bias)
 
 
 class BitSpecificBN(nn.Module, _Switchable):
@@ -149,7 +153,7 @@ def set_bit_mode(model: nn.Module, bits: int) -> nn.Module:
         if isinstance(m, BitSpecificBN):
             m.set_bits(bits)
         else:
-            m.bits = bits
+            m.bits = m.w_bits = m.a_bits = bits
     model.__dict__["_qdnn_bits"] = bits
     return model
 

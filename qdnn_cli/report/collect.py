@@ -161,6 +161,26 @@ def _describe(key: str, value) -> str:
     return f"{key}={value}"
 
 
+def _searched_rows(run: RunRecord, variant: str, budget: str) -> list[dict]:
+    """``qdnn search`` results saved beside the run's checkpoint: the searched
+    configuration's validation top-1, in the column of the uniform mode whose cost was
+    the budget (``--budget-bops 3-bit`` lands under "3-bit")."""
+    rows = []
+    for summary_path in sorted(run.path.glob("search-*/summary.json")):
+        try:
+            summary = json.loads(summary_path.read_text())
+            mode = int(str(summary["budget"]).lower().removesuffix("-bit"))
+            top1 = float(summary["val"][0]["top1"])
+        except (ValueError, KeyError, IndexError, json.JSONDecodeError):
+            continue  # a budget that is no mode, or an unfinished search
+        kind = "BOPs" if summary.get("budget_kind") == "bops" else "size"
+        rows.append({"experiment": run.name, "kind": run.kind, "variant": f"{variant}, searched per-layer bits "
+                     f"(at the mode's {kind})", "budget": budget, "seed": run.seed, "state": "finished",
+                     "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs, "path": str(summary_path.parent),
+                     "run": run.path.name, "mode": mode, "top1": top1})
+    return rows
+
+
 def budget_of(cfg: dict) -> str:
     epochs = cfg["trainer"]["epochs"]
     fraction = float(cfg.get("data", {}).get("train_fraction", 1.0))
@@ -188,6 +208,7 @@ def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
                             "budget": budget_of(run.config), "seed": run.seed, "state": run.state,
                             "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs,
                             "path": str(run.path), "run": run.path.name, "mode": int(mode), "top1": float(top1)})
+        records += _searched_rows(run, variant, budget_of(run.config))
     columns = ["experiment", "kind", "variant", "budget", "seed", "state", "finished", "epoch", "epochs", "path",
                "run", "mode", "top1"]
     return pd.DataFrame.from_records(records, columns=columns), [_describe(k, v) for k, v in sorted(shared)]

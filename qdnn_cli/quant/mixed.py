@@ -1,0 +1,177 @@
+"""Per-layer mixed precision at run time: a bit configuration gives every quantized layer
+its own weight and activation bit-width, drawn from the modes the model was trained in.
+
+A configuration is a default plus per-layer entries, each ``wXaY`` (``4`` = ``w4a4``,
+``32`` = full precision)::
+
+    default: w4a4
+    layers:
+      layer1.0.conv1: w2a4
+      layer3.2.conv2: w8a8
+
+Which BatchNorm a layer's output uses: the Bit-Specific BN of the *weight bits of the
+quantized layer registered just before it* (conv → BN in the ResNets here); a BN that
+follows a full-precision layer (the stem) uses the default's weight bits. Under a
+uniform configuration this is exactly :func:`~.layers.set_bit_mode`.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+
+from .layers import BitModeError, BitSpecificBN, QConv2d, QLinear, current_bit_mode, model_modes, set_bit_mode
+from .quantizers import FULL_PRECISION, check_bits
+
+_LABEL = re.compile(r"^w(\d+)a(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class LayerBits:
+    w: int
+    a: int
+
+    @classmethod
+    def parse(cls, value) -> "LayerBits":
+        """``w4a8``, ``4`` / ``"4"`` (= w4a4), ``32`` / ``fp`` (full precision)."""
+        text = str(value).strip().lower()
+        if text in ("fp", "32"):
+            return cls(FULL_PRECISION, FULL_PRECISION)
+        m = _LABEL.match(text)
+        try:
+            w, a = (int(m.group(1)), int(m.group(2))) if m else (int(text), int(text))
+            check_bits(w)
+            check_bits(a)
+        except (ValueError, TypeError):
+            raise BitModeError(f"{value!r} is not a bit setting: write wXaY (e.g. w4a8), a bit mode (4) or fp") from None
+        return cls(w, a)
+
+    @property
+    def label(self) -> str:
+        if self.w == self.a:
+            return "fp" if self.w == FULL_PRECISION else str(self.w)
+        return f"w{self.w}a{self.a}"
+
+
+@dataclass(frozen=True)
+class BitConfig:
+    default: LayerBits
+    layers: tuple[tuple[str, LayerBits], ...] = field(default=())
+
+    @classmethod
+    def uniform(cls, bits: int) -> "BitConfig":
+        return cls(LayerBits(bits, bits))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BitConfig":
+        if not isinstance(d, dict) or "default" not in d or set(d) - {"default", "layers"}:
+            raise BitModeError("a bit configuration has a 'default' (e.g. w4a4) and optional 'layers' (name: wXaY)")
+        layers = d.get("layers") or {}
+        if not isinstance(layers, dict):
+            raise BitModeError("'layers' of a bit configuration maps layer names to wXaY")
+        return cls(LayerBits.parse(d["default"]), tuple(sorted((str(k), LayerBits.parse(v)) for k, v in layers.items())))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BitConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"bit configuration {path} does not exist")
+        try:
+            return cls.from_dict(yaml.safe_load(path.read_text()))
+        except yaml.YAMLError as e:
+            raise BitModeError(f"{path} is not YAML: {str(e).splitlines()[0]}") from None
+
+    def to_dict(self) -> dict:
+        out: dict = {"default": self.default.label}
+        if self.layers:
+            out["layers"] = {k: v.label for k, v in self.layers}
+        return out
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def bits_of(self, layer: str) -> LayerBits:
+        return dict(self.layers).get(layer, self.default)
+
+    def all_bits(self) -> set[int]:
+        return {b for lb in [self.default, *dict(self.layers).values()] for b in (lb.w, lb.a)}
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layers whose bits a configuration sets, by module name (registration order)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear)) and m.quantize}
+
+
+def bn_sources(model: nn.Module) -> dict[str, str | None]:
+    """Each Bit-Specific BN's feeding layer: the quantized layer registered just before it
+    (None when the layer before it is a full-precision one, or there is none)."""
+    cached = model.__dict__.get("_qdnn_bn_sources")
+    if cached is None:
+        cached, last = {}, None
+        for name, m in model.named_modules():
+            if isinstance(m, (QConv2d, QLinear)):
+                last = name if m.quantize else None
+            elif isinstance(m, BitSpecificBN):
+                cached[name] = last
+        model.__dict__["_qdnn_bn_sources"] = cached
+    return cached
+
+
+def check_config(model: nn.Module, cfg: BitConfig) -> None:
+    """Every layer it names exists and every bit-width is one the model was built for."""
+    layers = quantized_layers(model)
+    unknown = [k for k, _ in cfg.layers if k not in layers]
+    if unknown:
+        shown = ", ".join(list(layers)[:4])
+        raise BitModeError(f"unknown layer {unknown[0]!r} in the bit configuration: this model's quantized layers "
+                           f"are {shown}, ... ({len(layers)} in all)")
+    foreign = sorted(cfg.all_bits() - set(model_modes(model)))
+    if foreign:
+        raise BitModeError(f"bit-widths {foreign} are not modes of this model (its modes: {list(model_modes(model))})")
+
+
+def apply_bits(model: nn.Module, setting) -> nn.Module:
+    """A bit mode (int) or a configuration, whichever ``setting`` is."""
+    if isinstance(setting, BitConfig):
+        return set_bit_config(model, setting)
+    return set_bit_mode(model, setting)
+
+
+def set_bit_config(model: nn.Module, cfg: BitConfig | dict) -> nn.Module:
+    """Give each quantized layer the weight/activation bits ``cfg`` names (the default
+    elsewhere) and each Bit-Specific BN the key of its feeding layer's weight bits."""
+    if isinstance(cfg, dict):
+        cfg = BitConfig.from_dict(cfg)
+    check_config(model, cfg)
+    names = dict(model.named_modules())
+    for name, layer in quantized_layers(model).items():
+        lb = cfg.bits_of(name)
+        layer.w_bits, layer.a_bits = lb.w, lb.a
+        layer.bits = lb.w
+    for name, source in bn_sources(model).items():
+        names[name].set_bits(cfg.bits_of(source).w if source else cfg.default.w)
+    model.__dict__["_qdnn_bits"] = cfg if cfg.layers or cfg.default.w != cfg.default.a else cfg.default.w
+    return model
+
+
+@contextlib.contextmanager
+def bit_config(model: nn.Module, cfg: BitConfig | dict) -> Iterator[nn.Module]:
+    """``with bit_config(model, cfg): logits = model(x)`` — restores the previous mode or
+    configuration afterwards."""
+    previous = current_bit_mode(model)
+    set_bit_config(model, cfg)
+    try:
+        yield model
+    finally:
+        if isinstance(previous, BitConfig):
+            set_bit_config(model, previous)
+        else:
+            set_bit_mode(model, previous)

@@ -1,0 +1,304 @@
+"""``qdnn search``: per-layer bit configurations under a cost budget, from a trained
+quantizable model alone (no retraining).
+
+Every candidate gives each quantized layer a weight and an activation bit-width from
+the modes the model was trained in. A candidate is scored by top-1 on a slice of the
+*training split* that the run did not train on (``data.build_holdout``), after its BN
+statistics are re-estimated from training batches (slimmable networks' calibration);
+the validation split is only used at the end, for the numbers a user reports.
+
+The search is evolutionary under the budget: it starts from the uniform modes that fit
+and random configurations repaired into the budget, then breeds by tournament
+selection, per-layer crossover and mutation (one step up or down in the bit list),
+each child repaired to the budget and filled up to it. ``--candidates`` bounds the
+configurations evaluated; ``--seed`` makes the whole search repeatable.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .quant import BitConfig, BitModeError, LayerBits
+from .quant.mixed import quantized_layers
+
+BUDGET_KINDS = ("bops", "size_mb")
+
+
+@dataclass
+class Candidate:
+    config: BitConfig
+    origin: str
+    size_mb: float
+    bops: float
+    top1: float = float("nan")
+    top5: float = float("nan")
+
+
+def parse_budget(text: str, kind: str, cost_of_mode) -> float:
+    """``3-bit`` / ``3`` (the cost of uniform 3-bit), or a number (BOPs may end in K/M/G)."""
+    t = str(text).strip()
+    if t.lower().endswith("-bit") or t.isdigit() and int(t) <= 32:
+        bits = int(t.lower().removesuffix("-bit"))
+        return cost_of_mode(bits)
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:].lower(), 1.0) if kind == "bops" else 1.0
+    try:
+        return float(t[:-1] if scale != 1.0 else t) * scale
+    except ValueError:
+        raise ValueError(f"budget {text!r}: give a number{' (K/M/G allowed)' if kind == 'bops' else ''} "
+                         "or a uniform mode such as 3-bit") from None
+
+
+class Space:
+    """The configurations of one model: layers × (weight, activation) bits, and their cost."""
+
+    def __init__(self, layer_names: list[str], bits: list[int], cost_fn, kind: str, budget: float):
+        self.names, self.bits, self.cost_fn, self.kind, self.budget = layer_names, sorted(bits), cost_fn, kind, budget
+
+    def config(self, choice: dict[str, tuple[int, int]]) -> BitConfig:
+        return BitConfig(LayerBits(self.bits[0], self.bits[0]),
+                         tuple(sorted((n, LayerBits(*wa)) for n, wa in choice.items())))
+
+    def cost(self, choice: dict) -> float:
+        c = self.cost_fn(self.config(choice))
+        return c["bops"] if self.kind == "bops" else c["size_mb"]
+
+    def uniform(self, b: int) -> dict:
+        return {n: (b, b) for n in self.names}
+
+    def _step(self, b: int, d: int) -> int:
+        i = self.bits.index(b) + d
+        return self.bits[min(max(i, 0), len(self.bits) - 1)]
+
+    def repair(self, choice: dict, rng: random.Random) -> dict:
+        """Lower random layers' larger bit-width until the configuration fits the budget."""
+        choice = dict(choice)
+        while self.cost(choice) > self.budget:
+            lowerable = [n for n in self.names if max(choice[n]) > self.bits[0]]
+            n = rng.choice(lowerable)
+            w, a = choice[n]
+            choice[n] = (self._step(w, -1), a) if (w > a or (w == a and rng.random() < 0.5)) else (w, self._step(a, -1))
+        return choice
+
+    def fill(self, choice: dict, rng: random.Random, tries: int = 40) -> dict:
+        """Raise random layers' smaller bit-width while the budget allows."""
+        choice = dict(choice)
+        for _ in range(tries):
+            n = rng.choice(self.names)
+            w, a = choice[n]
+            up = (self._step(w, 1), a) if (w < a or (w == a and rng.random() < 0.5)) else (w, self._step(a, 1))
+            trial = {**choice, n: up}
+            if up != (w, a) and self.cost(trial) <= self.budget:
+                choice = trial
+        return choice
+
+    def random(self, rng: random.Random) -> dict:
+        return {n: (rng.choice(self.bits), rng.choice(self.bits)) for n in self.names}
+
+    def mutate(self, choice: dict, rng: random.Random) -> dict:
+        out = dict(choice)
+        for n in rng.sample(self.names, max(1, len(self.names) // 8)):
+            w, a = out[n]
+            d = rng.choice((-1, 1))
+            out[n] = (self._step(w, d), a) if rng.random() < 0.5 else (w, self._step(a, d))
+        return out
+
+    def crossover(self, a: dict, b: dict, rng: random.Random) -> dict:
+        return {n: (a if rng.random() < 0.5 else b)[n] for n in self.names}
+
+
+def search_configs(space: Space, score, candidates: int, seed: int, trained: list[int], on_result=None) -> list[Candidate]:
+    """Evaluate up to ``candidates`` searched configurations (plus the uniform modes)."""
+    rng = random.Random(seed)
+    seen: dict[tuple, Candidate] = {}
+    results: list[Candidate] = []
+
+    def evaluate(choice: dict, origin: str) -> Candidate | None:
+        key = tuple(choice[n] for n in space.names)
+        if key in seen:
+            return None
+        cfg = space.config(choice)
+        cost = space.cost_fn(cfg)
+        cand = Candidate(cfg, origin, cost["size_mb"], cost["bops"])
+        cand.top1, cand.top5 = score(cfg)
+        seen[key] = cand
+        results.append(cand)
+        if on_result is not None:
+            on_result(cand)
+        return cand
+
+    for b in trained:  # the uniform modes, as reference points (not counted as candidates)
+        evaluate(space.uniform(b), f"uniform {b}")
+    budgeted = lambda: [c for c in results if c.origin.startswith(("random", "mutation", "crossover"))]  # noqa: E731
+    population = max(4, min(16, candidates // 4))
+    attempts = 0
+    while len(budgeted()) < min(population, candidates) and attempts < 50 * candidates:
+        attempts += 1
+        evaluate(space.fill(space.repair(space.random(rng), rng), rng), "random")
+    while len(budgeted()) < candidates and attempts < 50 * candidates:
+        attempts += 1
+        pool = [c for c in results if _cost(space, c) <= space.budget]
+        parents = [max(rng.sample(pool, min(3, len(pool))), key=lambda c: c.top1) for _ in range(2)]
+        a, b = (_choice(space, p.config) for p in parents)
+        if rng.random() < 0.5:
+            child, origin = space.crossover(a, b, rng), "crossover"
+        else:
+            child, origin = space.mutate(a, rng), "mutation"
+        evaluate(space.fill(space.repair(child, rng), rng), origin)
+    return results
+
+
+def _cost(space: Space, c: Candidate) -> float:
+    return c.bops if space.kind == "bops" else c.size_mb
+
+
+def _choice(space: Space, cfg: BitConfig) -> dict:
+    return {n: (cfg.bits_of(n).w, cfg.bits_of(n).a) for n in space.names}
+
+
+def pareto_front(cands: list[Candidate], kind: str) -> list[Candidate]:
+    """Candidates no other beats in both top-1 (higher) and cost (lower), cheapest first."""
+    cost = (lambda c: c.bops) if kind == "bops" else (lambda c: c.size_mb)
+    front, best = [], float("-inf")
+    for c in sorted(cands, key=lambda c: (cost(c), -c.top1)):
+        if c.top1 > best:
+            front.append(c)
+            best = c.top1
+    return front
+
+
+def config_text(cfg: BitConfig) -> str:
+    return " ".join(f"{n}={lb.label}" for n, lb in cfg.layers) or f"default={cfg.default.label}"
+
+
+def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: str) -> Candidate:
+    """search.csv, pareto.csv, pareto.png and best.yaml; returns the best candidate in budget."""
+    import pandas as pd
+
+    from .engine.rundir import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": i, "origin": c.origin, "size_mb": round(c.size_mb, 5), "gbops": round(c.bops / 1e9, 5),
+             "top1": round(c.top1, 4), "top5": round(c.top5, 4), "within_budget": _cost(space, c) <= space.budget,
+             "config": config_text(c.config)} for i, c in enumerate(cands)]
+    table = pd.DataFrame(rows)
+    atomic_write_text(out_dir / "search.csv", table.to_csv(index=False))
+    front = pareto_front(cands, space.kind)
+    ids = [cands.index(c) for c in front]
+    atomic_write_text(out_dir / "pareto.csv", table.loc[ids].to_csv(index=False))
+    within = [c for c in cands if _cost(space, c) <= space.budget and not c.origin.startswith("uniform")]
+    best = max(within, key=lambda c: c.top1)
+    best.config.save(out_dir / "best.yaml")
+    _plot(out_dir / "pareto.png", cands, front, space, title)
+    return best
+
+
+def _plot(path: Path, cands, front, space: Space, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale, unit = (1e9, "GBOPs") if space.kind == "bops" else (1.0, "model size (MB)")
+    x = lambda c: (c.bops if space.kind == "bops" else c.size_mb) / scale  # noqa: E731
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    searched = [c for c in cands if not c.origin.startswith("uniform")]
+    ax.scatter([x(c) for c in searched], [c.top1 for c in searched], s=12, alpha=0.5, label="searched configurations")
+    ax.plot([x(c) for c in front], [c.top1 for c in front], "-", color="tab:green", label="Pareto front")
+    for c in cands:
+        if c.origin.startswith("uniform"):
+            ax.scatter([x(c)], [c.top1], marker="s", s=50, color="tab:red")
+            ax.annotate(f"uniform {c.config.default.label}", (x(c), c.top1), textcoords="offset points", xytext=(5, -10),
+                        fontsize=8)
+    ax.axvline(space.budget / scale, linestyle="--", color="gray", label="budget")
+    ax.set_xscale("log")
+    ax.set_xlabel(unit + " (log scale)")
+    ax.set_ylabel("top-1 on the search slice (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def check_budget(space: Space) -> None:
+    cheapest = space.cost(space.uniform(space.bits[0]))
+    if space.budget < cheapest:
+        shown = f"{cheapest / 1e9:.4g} GBOPs" if space.kind == "bops" else f"{cheapest:.4g} MB"
+        raise BitModeError(f"the budget is below the cheapest configuration (every layer w{space.bits[0]}a"
+                           f"{space.bits[0]}: {shown})")
+
+
+def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: int, calibrate: int,
+               search_images: int, device_name: str, out_dir: Path | None, progress=None, overrides=()) -> dict:
+    """The whole command: load, search on the held-out slice, write files, then evaluate
+    the best configuration and the uniform modes on the validation split."""
+    from .data import build_data, build_holdout
+    from .engine.evaluation import bn_state, calibrate_bn, evaluate, load_bn_state, load_checkpoint_model, run_costs
+
+    if kind not in BUDGET_KINDS:
+        raise ValueError(f"budget kind {kind!r}: choose bops or size_mb")
+    if candidates < 1 or calibrate < 1 or search_images < 1:
+        raise ValueError("--candidates, --calibrate-bn and --search-images must be positive")
+    run = load_checkpoint_model(ckpt, set(), list(overrides), device_name)
+    model, cfg, trained = run.model, run.cfg, run.trained
+    if len(trained) < 2:
+        raise BitModeError(f"{ckpt} trained one bit mode ({trained}); a search needs a quantizable model")
+    cost_fn = lambda c: run_costs(run, c)  # noqa: E731
+    key = "bops" if kind == "bops" else "size_mb"
+    budget = parse_budget(budget_text, kind, lambda b: run_costs(run, b)[key])
+    space = Space(list(quantized_layers(model)), trained, cost_fn, kind, budget)
+    check_budget(space)
+    t = cfg.trainer
+    calib, slice_, described = build_holdout(cfg.data, int(cfg.seed), int(t.batch_size), int(t.eval_batch_size),
+                                             run.device, search_images)
+    base = bn_state(model)
+
+    def score(config: BitConfig, loader=slice_) -> tuple[float, float]:
+        calibrate_bn(model, calib, config, calibrate)
+        r = evaluate(model, loader, [config])[config]
+        load_bn_state(model, base)
+        return r["top1"], r["top5"]
+
+    started = time.perf_counter()
+    task = progress.add_task("search", total=candidates + len(trained), info="") if progress else None
+    best_seen = [float("-inf")]
+
+    def on_result(c: Candidate) -> None:
+        if _cost(space, c) <= space.budget and not c.origin.startswith("uniform"):
+            best_seen[0] = max(best_seen[0], c.top1)
+        if progress:
+            progress.update(task, advance=1, info=f"best in budget {best_seen[0]:.2f} %")
+
+    cands = search_configs(space, score, candidates, seed, trained, on_result)
+    out_dir = out_dir or ckpt.parent / f"search-{kind}-{budget_text}-{time.strftime('%Y%m%d-%H%M%S')}"
+    best = write_outputs(out_dir, cands, space, f"{cfg.name}: search on {described}")
+    # the number to report: the validation split, never searched on
+    data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
+    val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
+            **_val(score(best.config, data.val)), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
+    as_trained = evaluate(model, data.val, trained)
+    for b in sorted(trained, reverse=True):
+        c = run_costs(run, b)
+        val.append({"setting": f"uniform {b}", "config": "", "bn": "trained", **_val(
+            (as_trained[b]["top1"], as_trained[b]["top5"])), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+        val.append({"setting": f"uniform {b}", "config": "", "bn": f"calibrated {calibrate}",
+                    **_val(score(BitConfig.uniform(b), data.val)), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+    from .engine.rundir import write_csv
+
+    write_csv(out_dir / "val.csv", [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in val])
+    summary = {"checkpoint": str(ckpt), "budget_kind": kind, "budget": budget_text, "budget_value": budget,
+               "candidates": candidates, "seed": seed, "calibration_batches": calibrate, "search_slice": described,
+               "evaluated": len(cands), "seconds": round(time.perf_counter() - started, 1),
+               "best": {"config": best.config.to_dict(), "search_top1": best.top1, "gbops": best.bops / 1e9,
+                        "size_mb": best.size_mb}, "val": val}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary["out_dir"] = str(out_dir)
+    return summary
+
+
+def _val(pair) -> dict:
+    return {"top1": pair[0], "top5": pair[1]}

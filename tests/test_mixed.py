@@ -1,0 +1,180 @@
+"""Per-layer mixed precision: configurations, their cost, eval --config and qdnn search."""
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv
+from qdnn_cli.cost import config_cost, layer_costs
+from qdnn_cli.models import build_model
+from qdnn_cli.quant import BitConfig, BitModeError, QuantSpec, bit_config, set_bit_config, set_bit_mode
+from qdnn_cli.quant.mixed import LayerBits, quantized_layers
+
+MODES = (2, 3, 4, 8, 32)
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return build_model("resnet20", QuantSpec(MODES), 10).eval()
+
+
+def _state(net):
+    """(w, a) of every quantized layer and the BN key of every Bit-Specific BN."""
+    from qdnn_cli.quant import BitSpecificBN
+
+    return ({n: (m.w_bits, m.a_bits) for n, m in quantized_layers(net).items()},
+            {n: m._key for n, m in net.named_modules() if isinstance(m, BitSpecificBN)})
+
+
+def test_a_configuration_changes_exactly_the_layers_it_names():
+    net = _resnet()
+    set_bit_config(net, {"default": "w4a4", "layers": {"layer2.0.conv1": "w2a8", "layer3.1.conv2": "w8a2"}})
+    layers, bns = _state(net)
+    assert layers.pop("layer2.0.conv1") == (2, 8) and layers.pop("layer3.1.conv2") == (8, 2)
+    assert set(layers.values()) == {(4, 4)}
+    # a BN takes the weight bits of the layer feeding it; the stem's BN the default's
+    assert bns.pop("layer2.0.bn1") == "2" and bns.pop("layer3.1.bn2") == "8" and bns.pop("bn1") == "4"
+    assert set(bns.values()) == {"4"}
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_uniform_configurations_reproduce_set_bit_mode_exactly(bits):
+    net = _resnet()
+    x = torch.randn(2, 3, 32, 32)
+    set_bit_mode(net, bits)
+    expected = net(x)
+    set_bit_mode(net, 2 if bits != 2 else 3)
+    with bit_config(net, BitConfig.uniform(bits)):
+        got = net(x)
+    assert torch.equal(got, expected)
+    assert _state(net)[0]["layer1.0.conv1"] == ((2, 2) if bits != 2 else (3, 3))  # restored afterwards
+
+
+def test_config_errors_name_the_problem():
+    net = _resnet()
+    with pytest.raises(BitModeError, match="unknown layer 'layer9.conv'"):
+        set_bit_config(net, {"default": 4, "layers": {"layer9.conv": "w2a2"}})
+    with pytest.raises(BitModeError, match=r"bit-widths \[5\] are not modes of this model"):
+        set_bit_config(net, {"default": "w5a4"})
+    with pytest.raises(BitModeError, match="not a bit setting"):
+        LayerBits.parse("w2b4")
+    assert LayerBits.parse("fp") == LayerBits(32, 32) and LayerBits.parse(4).label == "4"
+
+
+def test_cost_of_a_configuration_equals_a_hand_count():
+    # tiny net, 8x8 input, width 8: conv1 (3->8, FP), conv2 (8->16, stride 2), conv3 (16->16), fc (16->10, FP)
+    model_cfg = {"name": "tiny", "kwargs": {"width": 8}}
+    layers, other = layer_costs(model_cfg, {}, 10, 3, 8)
+    net = build_model("tiny", QuantSpec((32,)), 10, 3, width=8)
+    convs = {n: m for n, m in net.named_modules() if hasattr(m, "w_bits")}
+    assert [lc.name for lc in layers] == list(convs)
+    macs = {lc.name: lc.macs for lc in layers}
+    assert macs == {"conv1": 8 * 8 * 8 * 3 * 9, "conv2": 16 * 4 * 4 * 8 * 9, "conv3": 16 * 4 * 4 * 16 * 9, "fc": 16 * 10}
+    cfg = BitConfig(LayerBits(4, 4), (("conv2", LayerBits(2, 8)),))
+    cost = config_cost(layers, other, cfg)
+    w = {n: m.weight.numel() for n, m in convs.items()}
+    bops = macs["conv1"] * 32 * 32 + macs["conv2"] * 2 * 8 + macs["conv3"] * 4 * 4 + macs["fc"] * 32 * 32
+    assert cost["bops"] == bops
+    bits = w["conv1"] * 32 + w["conv2"] * 2 + w["conv3"] * 4 + w["fc"] * 32 + other * 32
+    assert cost["size_mb"] == pytest.approx(bits / 8 / 1e6)
+    assert {r["name"]: (r["w"], r["a"]) for r in cost["layers"]} == {"conv1": (32, 32), "conv2": (2, 8), "conv3": (4, 4),
+                                                                      "fc": (32, 32)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("mixed") / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "data.train_fraction=0.5", "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_eval_with_a_config_reports_accuracy_and_both_costs(trained_run, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("default: w4a4\nlayers:\n  conv2: w2a8\n")
+    r = qdnn("eval", trained_run, "--config", cfg, "--calibrate-bn", "2", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    rows = {x["mode"]: x for x in read_csv(sorted(trained_run.glob("eval-*.csv"))[-1])}
+    row = rows["config cfg.yaml"]
+    assert row["calibrated"] == "True" and float(row["gbops"]) > 0 and float(row["size_mb"]) > 0
+    assert float(rows["2"]["gbops"]) < float(row["gbops"]) < float(rows["32"]["gbops"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: 4\nlayers:\n  nope: w2a2\n")
+    r = qdnn("eval", trained_run, "--config", bad, "--device", "cpu")
+    assert r.exit_code == 2 and "unknown layer 'nope'" in r.output
+    five = tmp_path / "five.yaml"
+    five.write_text("default: w5a4\n")
+    r = qdnn("eval", trained_run, "--config", five, "--device", "cpu")
+    assert r.exit_code == 2 and "[5] were never trained" in r.output and "--calibrate-bn" in r.output
+
+
+def _search(run, out, seed, budget="3-bit"):
+    return qdnn("search", run, "--budget-bops", budget, "--candidates", "6", "--calibrate-bn", "1",
+                "--search-images", "24", "--seed", str(seed), "--device", "cpu", "--out", out)
+
+
+def test_search_respects_its_budget_and_repeats_with_a_seed(trained_run, tmp_path):
+    a, b, c = (_search(trained_run, tmp_path / k, seed) for k, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert a.exit_code == 0, a.output
+    rows = read_csv(tmp_path / "a" / "search.csv")
+    budget = json.loads((tmp_path / "a" / "summary.json").read_text())["budget_value"]
+    searched = [r for r in rows if not r["origin"].startswith("uniform")]
+    assert len(searched) == 6 and all(float(r["gbops"]) * 1e9 <= budget * (1 + 1e-9) for r in searched)
+    assert (tmp_path / "a" / "search.csv").read_text() == (tmp_path / "b" / "search.csv").read_text()
+    assert read_csv(tmp_path / "c" / "search.csv") != rows  # another seed, another search
+    best = BitConfig.load(tmp_path / "a" / "best.yaml")
+    assert best in {BitConfig.from_dict(_config_dict(r["config"])) for r in searched}
+    for name in ("pareto.csv", "pareto.png", "val.csv"):
+        assert (tmp_path / "a" / name).exists()
+    assert read_csv(tmp_path / "a" / "val.csv")[0]["setting"].startswith("searched")
+
+
+def _config_dict(text):
+    layers = dict(item.split("=") for item in text.split())
+    return {"default": 2, "layers": layers}
+
+
+def test_search_budget_below_the_cheapest_configuration_is_one_line(trained_run, tmp_path):
+    r = _search(trained_run, tmp_path / "x", 0, budget="1K")
+    assert r.exit_code == 2 and "below the cheapest configuration" in r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_mixed_sampling_trains_random_configurations_beside_the_uniform_modes(tmp_path, monkeypatch):
+    from qdnn_cli.engine import step
+
+    seen = []
+    original = step.mode_losses
+
+    def spy(model, x, y, modes, *a, **k):
+        seen.append(list(modes))
+        return original(model, x, y, modes, *a, **k)
+
+    monkeypatch.setattr("qdnn_cli.engine.loop.mode_losses", spy)
+    run = tmp_path / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.mode_sampling=mixed", "trainer.mixed_k=3",
+                                                    "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    assert all(m[:5] == [32, 8, 4, 3, 2] and len(m) == 8 and all(isinstance(c, BitConfig) for c in m[5:])
+               for m in seen)
+    configs = [c for m in seen for c in m[5:]]
+    assert len(set(configs)) == len(configs)  # fresh draws
+    assert all(set(c.all_bits()) <= set(MODES) for c in configs)
+    train = [x for x in read_csv(run / "metrics.csv") if x["split"] == "train"]
+    assert [x["mode"] for x in train] == ["32", "8", "4", "3", "2", "mixed"]
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "c", "trainer.mode_sampling=mixed", "trainer.compile=true"))
+    assert r.exit_code == 2 and "runs eager" in r.output
+
+
+def test_report_adds_a_searched_configuration_as_a_row(trained_run, tmp_path):
+    r = qdnn("search", trained_run, "--budget-bops", "3-bit", "--candidates", "4", "--calibrate-bn", "1",
+             "--search-images", "24", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    (summary,) = trained_run.glob("search-bops-3-bit-*/summary.json")
+    searched_top1 = json.loads(summary.read_text())["val"][0]["top1"]
+    out = tmp_path / "t.csv"
+    assert qdnn("report", trained_run, "--format", "csv", "--out", out, "--no-costs").exit_code == 0
+    rows = {x["variant"]: x for x in read_csv(out)}
+    row = rows["quantizable, searched per-layer bits (at the mode's BOPs)"]
+    assert float(row["3-bit"]) == pytest.approx(searched_top1, abs=1e-4) and row["FP"] == ""
