@@ -44,7 +44,7 @@ class OptimConfig:
     name: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
-    nesterov: bool = False
+    nesterov: bool = True
     weight_decay: float = 5.0e-4
     scale_lr_by_batch: bool = False
 
@@ -53,7 +53,7 @@ class OptimConfig:
 class SchedConfig:
     name: str = "cosine"
     interval: str = "epoch"
-    warmup_epochs: float = 0
+    warmup_epochs: float = 1
     warmup_steps: int = 0
     pct_start: float = 0.15
     milestones: List[int] = field(default_factory=list)
