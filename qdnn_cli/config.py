@@ -173,7 +173,11 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     has, values parsed as YAML, then the same validation as ``qdnn train``."""
     import yaml
 
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    from .schema import Config
+
+    # a run saved by an older qdnn lacks keys added since: they take today's defaults
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.set_struct(cfg, True)
     for o in overrides:
         if "=" not in o:

@@ -131,3 +131,16 @@ def test_results_csv_has_no_constant_columns(tmp_path):
     rows = read_csv(run / "results.csv")
     assert list(rows[0]) == ["mode", "top1", "top5", "loss", "best_top1", "epochs"]
     assert not list(run.glob(".*.tmp"))  # every file was renamed into place
+
+
+def test_eval_of_a_checkpoint_saved_before_newer_config_keys(tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    for group, key in (("loss", "reduction"), ("loss", "fp_weight"), ("quant", "weight_scale"), ("sched", "interval")):
+        del ck["config"][group][key]  # as a run saved by an older qdnn
+    torch.save(ck, run / "old.pt")
+    r = qdnn("eval", run / "old.pt", "--device", "cpu")
+    assert r.exit_code == 0, r.output
