@@ -178,3 +178,16 @@ def test_report_adds_a_searched_configuration_as_a_row(trained_run, tmp_path):
     rows = {x["variant"]: x for x in read_csv(out)}
     row = rows["quantizable, searched per-layer bits (at the mode's BOPs)"]
     assert float(row["3-bit"]) == pytest.approx(searched_top1, abs=1e-4) and row["FP"] == ""
+
+
+def test_search_by_size_and_budget_errors(trained_run, tmp_path):
+    r = qdnn("search", trained_run, "--budget-size-mb", "4-bit", "--candidates", "4", "--calibrate-bn", "1",
+             "--search-images", "24", "--device", "cpu", "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    rows = [x for x in read_csv(tmp_path / "s" / "search.csv") if not x["origin"].startswith("uniform")]
+    assert all(float(x["size_mb"]) <= summary["budget_value"] + 1e-9 for x in rows)
+    both = qdnn("search", trained_run, "--budget-size-mb", "1", "--budget-bops", "1G", "--device", "cpu")
+    assert both.exit_code == 2 and "exactly one budget" in both.output
+    bad = qdnn("search", trained_run, "--budget-bops", "lots", "--device", "cpu")
+    assert bad.exit_code == 2 and "budget 'lots'" in bad.output
