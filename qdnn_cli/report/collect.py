@@ -63,18 +63,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 @lru_cache(maxsize=None)
-def experiment_defaults(name: str) -> dict | None:
-    """Flattened config of ``qdnn train <name>`` with no overrides; None if it is no experiment."""
+def experiment_defaults(name: str, data_name: str | None = None) -> dict | None:
+    """Flattened config of ``qdnn train <name>`` with no overrides (with ``data=<data_name>``
+    when the run used another data group); None if it is no experiment."""
     from omegaconf import OmegaConf
 
-    from ..config import ConfigError, compose, experiments
+    from ..config import ConfigError, compose, conf_dir, experiments
 
     if name not in experiments():
         return None
+    extra = [f"data={data_name}"] if data_name and (conf_dir() / "data" / f"{data_name}.yaml").is_file() else []
     try:
-        return flatten(OmegaConf.to_container(compose(name, []), resolve=False))
+        return flatten(OmegaConf.to_container(compose(name, extra), resolve=False))
     except ConfigError:  # e.g. data.root is required (???): compare what is there
-        cfg = compose(name, ["data.root=unset"])
+        cfg = compose(name, extra + ["data.root=unset"])
         return flatten(OmegaConf.to_container(cfg, resolve=False))
 
 
@@ -137,9 +139,10 @@ def _variant_keys(run: RunRecord) -> dict:
 def _defaults(name: str, runs: list[RunRecord]) -> dict:
     """The experiment's defaults; for a config that is no experiment of this qdnn, the
     most common value of each key among its runs."""
-    known = experiment_defaults(name)
-    if known is not None:
-        return known
+    data_names = {r.config.get("data", {}).get("name") for r in runs if r.name == name}
+    known = experiment_defaults(name, data_names.pop() if len(data_names) == 1 else None)
+    if known is not None:  # the data group's own defaults, but another data set is still said
+        return {**known, "data.name": experiment_defaults(name)["data.name"]}
     counts: dict = {}
     for r in runs:
         if r.name == name:
