@@ -257,6 +257,8 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
                              progress, overrides)
     console.print(f"searched {summary['evaluated']} configurations in {summary['seconds']:.0f} s on "
                   f"{summary['search_slice']}")
+    if summary["best"]["origin"].startswith("uniform"):
+        console.print(f"no mixed configuration fits this budget better: the best is the {summary['best']['origin']} mode")
     table = Table(title="validation split (never searched on)")
     for col in ("setting", "BN", "top-1 %", "top-5 %", "size MB", "GBOPs"):
         table.add_column(col, justify="right")

@@ -134,10 +134,10 @@ def search_configs(space: Space, score, candidates: int, seed: int, trained: lis
     budgeted = lambda: [c for c in results if c.origin.startswith(("random", "mutation", "crossover"))]  # noqa: E731
     population = max(4, min(16, candidates // 4))
     attempts = 0
-    while len(budgeted()) < min(population, candidates) and attempts < 50 * candidates:
+    while len(budgeted()) < min(population, candidates) and attempts < 20 * candidates:
         attempts += 1
         evaluate(space.fill(space.repair(space.random(rng), rng), rng), "random")
-    while len(budgeted()) < candidates and attempts < 50 * candidates:
+    while len(budgeted()) < candidates and attempts < 20 * candidates:
         attempts += 1
         pool = [c for c in results if _cost(space, c) <= space.budget]
         parents = [max(rng.sample(pool, min(3, len(pool))), key=lambda c: c.top1) for _ in range(2)]
@@ -189,7 +189,8 @@ def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: st
     ids = [cands.index(c) for c in front]
     atomic_write_text(out_dir / "pareto.csv", table.loc[ids].to_csv(index=False))
     within = [c for c in cands if _cost(space, c) <= space.budget and not c.origin.startswith("uniform")]
-    best = max(within, key=lambda c: c.top1)
+    # nothing but a uniform mode may fit (a budget at the cheapest mode's cost): that is the answer
+    best = max(within or [c for c in cands if _cost(space, c) <= space.budget], key=lambda c: c.top1)
     best.config.save(out_dir / "best.yaml")
     _plot(out_dir / "pareto.png", cands, front, space, title)
     return best
@@ -293,8 +294,8 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     summary = {"checkpoint": str(ckpt), "budget_kind": kind, "budget": budget_text, "budget_value": budget,
                "candidates": candidates, "seed": seed, "calibration_batches": calibrate, "search_slice": described,
                "evaluated": len(cands), "seconds": round(time.perf_counter() - started, 1),
-               "best": {"config": best.config.to_dict(), "search_top1": best.top1, "gbops": best.bops / 1e9,
-                        "size_mb": best.size_mb}, "val": val}
+               "best": {"config": best.config.to_dict(), "origin": best.origin, "search_top1": best.top1,
+                        "gbops": best.bops / 1e9, "size_mb": best.size_mb}, "val": val}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     summary["out_dir"] = str(out_dir)
     return summary

@@ -191,3 +191,12 @@ def test_search_by_size_and_budget_errors(trained_run, tmp_path):
     assert both.exit_code == 2 and "exactly one budget" in both.output
     bad = qdnn("search", trained_run, "--budget-bops", "lots", "--device", "cpu")
     assert bad.exit_code == 2 and "budget 'lots'" in bad.output
+
+
+def test_a_budget_only_the_lowest_uniform_mode_fits_answers_with_that_mode(trained_run, tmp_path):
+    # every layer already at the lowest trained bits: nothing else costs as little
+    r = _search(trained_run, tmp_path / "low", 0, budget="2-bit")
+    assert r.exit_code == 0, r.output
+    assert "the best is the uniform 2 mode" in r.output
+    assert BitConfig.load(tmp_path / "low" / "best.yaml") == BitConfig(LayerBits(2, 2), (("conv2", LayerBits(2, 2)),
+                                                                                        ("conv3", LayerBits(2, 2))))
