@@ -62,11 +62,13 @@ def train(
     experiment: str = typer.Argument(..., help="experiment name (conf/experiment/*.yaml): quickstart, cifar100, cifar10, imagenet"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value, e.g. trainer.epochs=10"),
     resume: bool = typer.Option(False, "--resume", help="continue the latest run of this experiment (or out_dir=)"),
+    extend_epochs: bool = typer.Option(False, "--extend-epochs",
+                                       help="continue a run with another trainer.epochs (moves the lr schedule's horizon)"),
 ):
     """Train one model (quantizable by default) and write its run directory."""
     from .runs import train_one
 
-    train_one(experiment, overrides or [], resume_latest=resume)
+    train_one(experiment, overrides or [], resume_latest=resume, extend_epochs=extend_epochs)
 
 
 @app.command()

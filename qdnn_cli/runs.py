@@ -49,7 +49,8 @@ def latest_run(name: str) -> Path | None:
 
 
 def train_one(experiment: str | None, overrides: list[str], quiet_config: bool = False,
-              group: Path | None = None, leaf: str | None = None, resume_latest: bool = False) -> tuple[Path, dict]:
+              group: Path | None = None, leaf: str | None = None, resume_latest: bool = False,
+              extend_epochs: bool = False) -> tuple[Path, dict]:
     """Compose, make the run directory, train. The config is printed once the data and
     model are built, so an input error is one line, not a config listing and a line."""
     from .config import compose, make_run_dir
@@ -64,7 +65,8 @@ def train_one(experiment: str | None, overrides: list[str], quiet_config: bool =
     run_dir, fresh = make_run_dir(cfg, group, leaf)
     on_ready = None if quiet_config else (lambda: print_config(cfg))
     console.print(f"run directory: {run_dir}")
-    results = run_training(cfg, run_dir, overrides, console=console, on_ready=on_ready, fresh=fresh)
+    results = run_training(cfg, run_dir, overrides, console=console, on_ready=on_ready, fresh=fresh,
+                           extend_epochs=extend_epochs)
     if results:
         print_results(results, f"{cfg.name}: final validation accuracy per bit mode", run_dir)
     return run_dir, results

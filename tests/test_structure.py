@@ -101,7 +101,7 @@ def test_failure_in_an_existing_run_folder_marks_it_failed(tmp_path):
               "trainer.progress=false", "trainer.batch_size=8", f"out_dir={run}"]
     assert qdnn("train", "quickstart", *common, "trainer.epochs=1").exit_code == 0
     shutil.rmtree(tree)  # the data goes missing before the run is extended
-    r = qdnn("train", "quickstart", *common, "trainer.epochs=2")
+    r = qdnn("train", "quickstart", "--extend-epochs", *common, "trainer.epochs=2")
     assert r.exit_code == 2 and _one_error_line(r) and "does not exist" in r.output
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and "does not exist" in status["message"] and status["epoch"] == 1
@@ -144,3 +144,17 @@ def test_eval_of_a_checkpoint_saved_before_newer_config_keys(tmp_path):
     torch.save(ck, run / "old.pt")
     r = qdnn("eval", run / "old.pt", "--device", "cpu")
     assert r.exit_code == 0, r.output
+
+
+def test_resuming_with_other_epochs_is_refused_unless_extended(tmp_path):
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=2", "trainer.stop_after=1")).exit_code == 0
+    before = (run / "metrics.csv").read_text()
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=3"))
+    assert r.exit_code == 2 and _one_error_line(r)
+    assert "trainer.epochs=2, this one asks for 3" in r.output and "--extend-epochs" in r.output
+    assert (run / "metrics.csv").read_text() == before
+    r = qdnn("train", "quickstart", "--extend-epochs", *tiny_overrides(run, "trainer.epochs=3"))
+    assert r.exit_code == 0, r.output
+    assert read_csv(run / "results.csv")[0]["epochs"] == "3"
+    assert [x["epoch"] for x in read_csv(run / "metrics.csv")][-1] == "3"

@@ -12,7 +12,7 @@ from .evaluation import evaluate
 from .loop import Trainer, TrainingDiverged
 
 # Keys that may change between an interrupted run and its resumption.
-RESUMABLE_DIFFERENCES = ("trainer.epochs", "trainer.progress", "trainer.num_threads", "trainer.log_every",
+RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.num_threads", "trainer.log_every",
                          "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
 
 
@@ -31,8 +31,9 @@ def _flatten(d, prefix=""):
     return out
 
 
-def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to continue a run directory whose saved config differs in what matters."""
+def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) -> None:
+    """Refuse to continue a run directory whose saved config differs in what matters.
+    ``trainer.epochs`` moves the schedule's horizon: only with ``extend_epochs``."""
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.exists() or not (Path(run_dir) / "checkpoint.pt").exists():
         return
@@ -41,6 +42,12 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     # keys only one side has come from another qdnn version's schema, not from the user
     diffs = [k for k in sorted(set(old) & set(new))
              if old[k] != new[k] and not k.startswith(RESUMABLE_DIFFERENCES)]
+    if extend_epochs and "trainer.epochs" in diffs:
+        diffs.remove("trainer.epochs")
+    if diffs == ["trainer.epochs"]:
+        raise RunMismatch(f"{run_dir} holds a run of trainer.epochs={old['trainer.epochs']}, this one asks for "
+                          f"{new['trainer.epochs']}: that moves the lr schedule's horizon mid-run; pass "
+                          "--extend-epochs to continue anyway, or choose another out_dir for a clean run")
     if diffs:
         headline = ("model.name", "data.name", "quant.bits", "trainer.kind")
         k = sorted(diffs, key=lambda d: (d not in headline, headline.index(d) if d in headline else 0, d))[0]
@@ -50,7 +57,7 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True,
-                 on_ready=None, fresh: bool = False) -> dict:
+                 on_ready=None, fresh: bool = False, extend_epochs: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (resuming what is there). ``on_ready`` is called
     once data and model are built. If the run fails before its first epoch is recorded,
     a directory this invocation created (``fresh``) is removed for input errors; any
@@ -64,7 +71,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
         if trainer.dist.is_main:  # only rank 0 owns the run directory
             try:
                 lock = RunLock(run_dir).acquire()
-                check_same_run(cfg, run_dir)
+                check_same_run(cfg, run_dir, extend_epochs)
                 save_config(cfg, Path(run_dir), list(overrides))
             except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
                 error = e
