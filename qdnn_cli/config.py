@@ -93,6 +93,7 @@ def allowed_names() -> dict[str, tuple]:
     from .data import DATA_SOURCES
     from .engine.compile import COMPILE_SCOPES
     from .engine.device import DEVICES
+    from .engine.loggers import LOGGERS
     from .engine.losses import REDUCTIONS, TARGETS
     from .engine.optim import INTERVALS, OPTIMIZERS, SCHEDULES
     from .engine.step import MODE_SAMPLING
@@ -100,7 +101,7 @@ def allowed_names() -> dict[str, tuple]:
     from .quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, WEIGHT_SCALES
 
     return {
-        "model.name": tuple(MODELS), "quant.weight": tuple(WEIGHT_QUANTIZERS), "quant.act": tuple(ACT_QUANTIZERS),
+        "logger": tuple(LOGGERS), "model.name": tuple(MODELS), "quant.weight": tuple(WEIGHT_QUANTIZERS), "quant.act": tuple(ACT_QUANTIZERS),
         "optim.name": tuple(OPTIMIZERS), "sched.name": tuple(SCHEDULES), "sched.interval": INTERVALS, "data.name": tuple(DATA_SOURCES),
         "loss.target": TARGETS, "loss.reduction": REDUCTIONS, "quant.weight_scale": WEIGHT_SCALES, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
         "trainer.amp": AMP_MODES, "trainer.mode_sampling": MODE_SAMPLING, "trainer.compile_scope": COMPILE_SCOPES,

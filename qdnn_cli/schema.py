@@ -147,6 +147,7 @@ class Config:
     name: str = "custom"
     seed: int = 0
     out_dir: Optional[str] = None
+    logger: str = "csv"
     data: Any = None              # typed by its family's schema (conf/data/*.yaml)
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)

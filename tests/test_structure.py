@@ -158,3 +158,20 @@ def test_resuming_with_other_epochs_is_refused_unless_extended(tmp_path):
     assert r.exit_code == 0, r.output
     assert read_csv(run / "results.csv")[0]["epochs"] == "3"
     assert [x["epoch"] for x in read_csv(run / "metrics.csv")][-1] == "3"
+
+
+def test_tensorboard_logger_writes_what_metrics_csv_holds(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "logger=tensorboard", "quant.bits=[2,32]")).exit_code == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"val/top1/FP", "val/top1/2-bit", "train/loss/FP", "train/images_per_s/2-bit", "lr"} <= tags
+    rows = [x for x in read_csv(run / "metrics.csv") if x["split"] == "val" and x["mode"] == "2"]
+    events = acc.Scalars("val/top1/2-bit")
+    assert [e.step for e in events] == [1, 2]
+    assert [e.value for e in events] == pytest.approx([float(x["top1"]) for x in rows], rel=1e-6)
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "bad", "logger=wandb"))
+    assert r.exit_code == 2 and "logger='wandb' is not allowed" in r.output

@@ -27,6 +27,7 @@ from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import peak_memory_mb, resolve_device
 from .distributed import DistContext
 from .evaluation import evaluate
+from .loggers import build_loggers
 from .losses import QuantizableLoss
 from .optim import build_optimizer, build_scheduler
 from .progress import epoch_line, make_progress
@@ -191,6 +192,8 @@ class Trainer:
         self.setup()
         self.try_resume()
         self.calibrate()
+        self.loggers = build_loggers(self.cfg.get("logger", "csv"), self.files.dir, self.start_epoch) \
+            if self.dist.is_main else []
         if on_ready is not None and self.dist.is_main:
             on_ready()
         t = self.cfg.trainer
@@ -213,6 +216,8 @@ class Trainer:
                 rows = self.metric_rows(epoch + 1, stats, timer, ev, lr, train_s, eval_s, data_share, images)
                 self.end_epoch(epoch + 1, rows, ev)
                 self.log(epoch_line(epoch + 1, self.epochs, ev, stats, train_s))
+        for logger in self.loggers:
+            logger.close()
         final = final or last_eval(self.history)  # nothing left to train: the stored last epoch
         if end < self.epochs:  # time-boxed invocation: leave a resumable run
             self.files.status("stopped", end, "trainer.stop_after reached; run again to continue")
@@ -298,6 +303,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.files.append_metrics(rows)
+        for logger in self.loggers:
+            logger.log_epoch(epoch, rows)
         state = self.checkpoint_state(epoch)
         atomic_save(state, self.files.checkpoint)
         if is_best:
