@@ -56,6 +56,24 @@ def guarded(fn):
     return wrapper
 
 
+# the launcher flags every command that runs a group of runs takes
+LAUNCHER = typer.Option("local", "--launcher", help="local (one after another), parallel (--jobs at once) or slurm (submitit)")
+JOBS = typer.Option(2, "--jobs", help="parallel: runs at once (sharing the GPUs round-robin, or the CPU cores)")
+PARTITION = typer.Option(None, "--partition", help="slurm: partition")
+GPUS_PER_NODE = typer.Option(0, "--gpus-per-node", help="slurm: GPUs (one task each) per node")
+NODES = typer.Option(1, "--nodes", help="slurm: nodes per run")
+TIMEOUT_MIN = typer.Option(24 * 60, "--timeout-min", help="slurm: time limit per job (requeued and resumed past it)")
+SLURM = typer.Option(None, "--slurm", help="slurm: extra key=value passed to submitit as slurm_<key> (repeatable)")
+
+
+def _launcher(name, jobs, partition, gpus_per_node, nodes, timeout_min, slurm):
+    from .launch import LaunchOptions, parse_slurm_options
+
+    opts = LaunchOptions(name, jobs, partition, gpus_per_node, nodes, timeout_min, parse_slurm_options(slurm or []))
+    opts.check()
+    return opts
+
+
 @app.command()
 @guarded
 def train(
@@ -79,13 +97,16 @@ def ablate(
     no_consistency: bool = typer.Option(False, "--no-consistency", help="train without the consistency loss"),
     no_bit_specific_bn: bool = typer.Option(False, "--no-bit-specific-bn", help="train with one shared BN"),
     grid: str = typer.Option("ablation", "--grid", help="variants: conf/grid/NAME.yaml or a YAML file"),
+    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
+    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
     """Ablations: with a flag, that variant; with none, every variant of the grid
     (full, no consistency, shared BN, both off)."""
     from .runs import ablate as run_ablation
 
+    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
     flags = [k for k, on in (("no_consistency", no_consistency), ("shared_bn", no_bit_specific_bn)) if on]
-    run_ablation(experiment, overrides or [], "_".join(flags) or None, grid)
+    run_ablation(experiment, overrides or [], "_".join(flags) or None, grid, opts)
 
 
 @app.command("sweep-bits")
@@ -94,11 +115,38 @@ def sweep_bits(
     experiment: str = typer.Argument("cifar100", help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value"),
     bits: str = typer.Option("2,3,4,8,32", "--bits", help="bit-widths, one dedicated model each"),
+    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
+    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
     """One dedicated ("quantized DNN") model per bit-width, same recipe."""
     from .runs import parse_bits, sweep_bits as run_sweep
 
-    run_sweep(experiment, overrides or [], parse_bits(bits))
+    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
+    run_sweep(experiment, overrides or [], parse_bits(bits), opts)
+
+
+@app.command()
+@guarded
+def multirun(
+    experiment: str = typer.Argument(..., help="experiment name"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="overrides; key=v1,v2 sweeps (Hydra's multirun syntax)"),
+    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
+    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
+):
+    """Any grid: every combination of the swept keys' values, one run each."""
+    from .runs import multirun as run_multirun
+
+    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
+    run_multirun(experiment, overrides or [], opts)
+
+
+@app.command()
+@guarded
+def status(paths: List[Path] = typer.Argument(..., help="a group directory, run directories, or folders holding them")):
+    """Every run of a group: state, epoch, last validation top-1 per mode, job id."""
+    from .runs import status as show_status
+
+    show_status(paths)
 
 
 @app.command("eval")
@@ -169,12 +217,15 @@ def reproduce(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where runs go (default runs/<name>/reproduce)"),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="where the report goes (default experiments/<name>)"),
     grid: str = typer.Option("reproduce", "--grid", help="variants: conf/grid/NAME.yaml or a YAML file"),
+    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
+    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
     """The whole table: every variant of the grid (quantizable, ablations, one dedicated
     model per bit), per seed. Finished runs are skipped and interrupted ones resumed."""
     from .runs import reproduce as run_reproduce
 
-    run_reproduce(experiment, overrides or [], seeds, runs_dir, report_dir, grid)
+    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
+    run_reproduce(experiment, overrides or [], seeds, runs_dir, report_dir, grid, opts)
 
 
 @app.command("list")

@@ -132,13 +132,15 @@ def group_dir(experiment: str, overrides: list[str], kind: str) -> Path:
 
 
 def run_group(experiment: str, variants: dict[str, list[str]], group: Path, overrides: list[str],
-              skip_finished: bool = True) -> list[Path]:
+              skip_finished: bool = True, launcher=None) -> list[Path]:
     """Train each variant into ``group/<leaf>``; finished runs are skipped, interrupted ones resume.
 
     Every config is composed and validated before the first run starts, so a typo fails
-    at once instead of hours in.
+    at once instead of hours in. ``launcher`` (:class:`launch.LaunchOptions`) runs them
+    one after another here (default), several at once, or as SLURM jobs.
     """
     from .config import compose
+    from .launch import run_parallel, run_submitit
     from .report.collect import read_run
 
     base = [o for o in overrides if not o.startswith("out_dir=")]
@@ -147,35 +149,85 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
         run_overrides = base + extra + [f"out_dir={group / leaf}"]
         compose(experiment, run_overrides)
         plans.append((leaf, run_overrides))
-    done = []
+    todo = []
     for i, (leaf, run_overrides) in enumerate(plans, 1):
         rec = read_run(group / leaf) if (group / leaf / "config.yaml").exists() else None
         if skip_finished and rec is not None and rec.finished:
             console.print(f"[{i}/{len(plans)}] {leaf}: finished already, skipped ({group / leaf})")
-            done.append(group / leaf)
-            continue
-        console.rule(f"[{i}/{len(plans)}] {leaf}")
-        train_one(experiment, run_overrides, quiet_config=True)
-        done.append(group / leaf)
+        else:
+            todo.append((leaf, run_overrides))
+    name = launcher.name if launcher is not None else "local"
+    if name == "parallel":
+        run_parallel(experiment, todo, group, launcher.jobs, console)
+    elif name == "slurm":
+        run_submitit(experiment, todo, group, launcher, console)
+    else:
+        for i, (leaf, run_overrides) in enumerate(todo, 1):
+            console.rule(f"[{i}/{len(todo)}] {leaf}")
+            train_one(experiment, run_overrides, quiet_config=True)
     console.print(f"group directory: {group}")
-    return done
+    return [group / leaf for leaf, _ in plans]
 
 
-def ablate(experiment: str, overrides: list[str], only: str | None, grid: str) -> list[Path]:
+def ablate(experiment: str, overrides: list[str], only: str | None, grid: str, launcher=None) -> list[Path]:
     variants = load_grid(grid)
     if only is not None:
         if only not in variants:
             raise ValueError(f"grid {grid!r} has no variant {only!r} (it has {', '.join(variants)})")
         variants = {only: variants[only]}
-    return run_group(experiment, variants, group_dir(experiment, overrides, "ablate"), overrides)
+    return run_group(experiment, variants, group_dir(experiment, overrides, "ablate"), overrides, launcher=launcher)
 
 
-def sweep_bits(experiment: str, overrides: list[str], bits: list[int]) -> list[Path]:
-    return run_group(experiment, load_grid("sweep_bits", bits), group_dir(experiment, overrides, "sweep"), overrides)
+def sweep_bits(experiment: str, overrides: list[str], bits: list[int], launcher=None) -> list[Path]:
+    return run_group(experiment, load_grid("sweep_bits", bits), group_dir(experiment, overrides, "sweep"), overrides,
+                     launcher=launcher)
+
+
+def split_sweep(value: str) -> list[str]:
+    """``a,b,[2,32]`` -> ``["a", "b", "[2,32]"]``: commas outside brackets separate values."""
+    out, depth, cur = [], 0, ""
+    for ch in value:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def _leaf_value(value: str) -> str:
+    """A swept value as part of a folder name Hydra can take back as ``out_dir``:
+    ``[2,32]`` -> ``2+32``."""
+    for a, b in (("[", ""), ("]", ""), (",", "+"), ("/", "_"), (" ", ""), ("=", "-"), ("'", ""), ('"', "")):
+        value = value.replace(a, b)
+    return value
+
+
+def multirun(experiment: str, overrides: list[str], launcher=None) -> list[Path]:
+    """Hydra's sweep syntax: ``key=v1,v2`` overrides expand into their cartesian product,
+    one run each, named by its swept values (``optim.lr-0.05_quant.bits-2+32``)."""
+    import itertools
+
+    fixed, swept = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        values = split_sweep(value) if "=" in o and not key.startswith("out_dir") else [value]
+        (swept if len(values) > 1 else fixed).append((key, values) if len(values) > 1 else o)
+    if not swept:
+        raise ValueError("multirun: sweep at least one key, e.g. optim.lr=0.05,0.1 (values separated by commas)")
+    variants = {}
+    for combo in itertools.product(*[[(k, v) for v in vals] for k, vals in swept]):
+        leaf = "_".join(f"{k}-{_leaf_value(v)}" for k, v in combo)
+        variants[leaf] = [f"{k}={v}" for k, v in combo]
+    return run_group(experiment, variants, group_dir(experiment, fixed, "multirun"), fixed, launcher=launcher)
 
 
 def reproduce(experiment: str, overrides: list[str], seeds: int, runs_dir: Path | None,
-              report_dir: Path | None, grid: str = "reproduce") -> None:
+              report_dir: Path | None, grid: str = "reproduce", launcher=None) -> None:
     """Every variant of ``grid`` per seed, then the report (markdown, CSV, plot)."""
     from .config import compose
     from .report import build_report
@@ -188,7 +240,7 @@ def reproduce(experiment: str, overrides: list[str], seeds: int, runs_dir: Path 
     variants = load_grid(grid, list(cfg.quant.bits))
     for seed in range(seeds):
         console.rule(f"seed {seed}")
-        run_group(experiment, variants, group / f"seed{seed}", overrides + [f"seed={seed}"])
+        run_group(experiment, variants, group / f"seed{seed}", overrides + [f"seed={seed}"], launcher=launcher)
     rdir = report_dir or Path("experiments") / cfg.name
     ref = rdir / "reference.csv"
     text = build_report([group], "markdown", rdir / "results.md", rdir / "results.png",
@@ -270,3 +322,32 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
     console.print(table)
     console.print(f"written: {summary['out_dir']}/ (search.csv, pareto.csv, pareto.png, best.yaml, val.csv)")
     return summary
+
+
+# ----------------------------------------------------------------------------- status
+def status(paths: list[Path]) -> list[dict]:
+    """Every run under ``paths``: state, epoch/epochs, last val top-1 per mode, job id."""
+    import json
+
+    from rich.table import Table
+
+    from .quant import mode_label
+    from .report.collect import find_runs
+
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no qdnn runs (folders with config.yaml) under {', '.join(map(str, paths))}")
+    rows = []
+    for r in runs:
+        job = r.path / "job.json"
+        job_id = json.loads(job.read_text()).get("job_id", "") if job.is_file() else ""
+        top1 = "  ".join(f"{mode_label(m)} {v:.2f}" for m, v in sorted(r.top1.items(), reverse=True))
+        rows.append({"run": str(r.path), "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "top1": top1,
+                     "job": job_id})
+    table = Table(title=f"{len(rows)} runs")
+    for col in ("run", "state", "epoch", "last val top-1 %", "job"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["run"], row["state"], row["epoch"], row["top1"], row["job"])
+    console.print(table)
+    return rows

@@ -35,8 +35,10 @@ from .rundir import RunFiles, last_eval, train_rows, val_rows
 from .step import EpochStats, ModeTimer, mode_losses, mode_sets, random_config, sample_modes
 
 # Fault injection for crash tests: "E:S" kills this process with SIGKILL right after
-# step S of epoch E (both 1-based), a deterministic kill -9 mid-epoch.
+# step S of epoch E (both 1-based), a deterministic kill -9 mid-epoch; PAUSE_AT waits
+# there (once per run directory) until a signal ends the process, for requeue tests.
 KILL_AT_ENV = "QDNN_TEST_KILL_AT"
+PAUSE_AT_ENV = "QDNN_TEST_PAUSE_AT"
 
 
 class TrainingDiverged(RuntimeError):
@@ -234,7 +236,7 @@ class Trainer:
         self.data.train.set_epoch(epoch)
         self.epoch_loss = self.loss_fn.at_epoch(epoch)
         mode_rng = random.Random(int(self.cfg.seed) * 7919 + epoch)
-        kill_at = os.environ.get(KILL_AT_ENV, "")
+        kill_at, pause_at = os.environ.get(KILL_AT_ENV, ""), os.environ.get(PAUSE_AT_ENV, "")
         self.model.train()
         stats, timer = EpochStats(), ModeTimer(self.device)
         steps = self.steps_per_epoch
@@ -253,6 +255,10 @@ class Trainer:
             images += y.numel()
             if kill_at == f"{epoch + 1}:{step + 1}":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if pause_at == f"{epoch + 1}:{step + 1}" and not (self.files.dir / ".paused").exists():
+                (self.files.dir / ".paused").write_text(str(os.getpid()))
+                while True:  # until the test's signal ends or requeues this process
+                    time.sleep(0.05)
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 self._check_finite(stats, epoch, step)
                 rate = images * self.dist.world / (time.perf_counter() - started)

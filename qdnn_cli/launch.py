@@ -1,0 +1,177 @@
+"""Launchers for groups of runs (``ablate``, ``sweep-bits``, ``reproduce``, ``multirun``).
+
+* ``local`` (default): one run after another in this process.
+* ``parallel --jobs N``: N runs at once on this machine, each its own ``qdnn train``
+  process; on a GPU machine they share the GPUs round-robin over ``CUDA_VISIBLE_DEVICES``
+  (a CIFAR ResNet-20 step is launch-bound, so runs overlap well); on a CPU the cores are
+  split between them (``trainer.num_threads``).
+* ``slurm``: one job per run through submitit (the scheduler is SLURM's, not ours). A
+  job that reaches its time limit is requeued by submitit's checkpointing protocol and
+  resumes from its run directory's checkpoint. Multi-GPU jobs get torchrun's
+  environment from submitit. ``QDNN_SUBMITIT_CLUSTER=local`` runs the same path with
+  submitit's local executor (what the tests do).
+
+Every run writes to its own directory, so a group can always be re-launched: finished
+runs are skipped and interrupted ones resume, whatever launcher ran them before.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAUNCHERS = ("local", "parallel", "slurm")
+
+
+class LaunchError(RuntimeError):
+    """Some runs of a group failed (each run's own log says why)."""
+
+
+@dataclass
+class LaunchOptions:
+    name: str = "local"
+    jobs: int = 1
+    partition: str | None = None
+    gpus_per_node: int = 0
+    nodes: int = 1
+    timeout_min: int = 24 * 60
+    slurm: dict = field(default_factory=dict)   # extra submitit slurm_* parameters
+
+    def check(self) -> None:
+        if self.name not in LAUNCHERS:
+            raise ValueError(f"--launcher {self.name!r}: choose one of {', '.join(LAUNCHERS)}")
+        if self.jobs < 1 or self.nodes < 1 or self.gpus_per_node < 0 or self.timeout_min < 1:
+            raise ValueError("--jobs, --nodes and --timeout-min must be positive, --gpus-per-node >= 0")
+
+
+def parse_slurm_options(items: list[str]) -> dict:
+    """``--slurm key=value`` (repeatable) → submitit's ``slurm_<key>`` parameters."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--slurm {item!r}: give key=value, e.g. --slurm mem_gb=64")
+        k, v = item.split("=", 1)
+        out[k if k.startswith("slurm_") else f"slurm_{k}"] = int(v) if v.isdigit() else v
+    return out
+
+
+# ----------------------------------------------------------------------------- parallel
+def _gpu_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable CUDA: a CPU machine
+        return []
+
+
+def run_parallel(experiment: str, plans: list[tuple[str, list[str]]], group: Path, jobs: int, console) -> None:
+    gpus = _gpu_ids()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    queue, running, failed, done = list(enumerate(plans)), {}, [], 0
+    while queue or running:
+        while queue and len(running) < jobs:
+            i, (leaf, overrides) = queue.pop(0)
+            slot = next(s for s in range(jobs) if s not in {v[1] for v in running.values()})
+            env = dict(os.environ)
+            extra = ["trainer.progress=false"]
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            elif not any(o.startswith("trainer.num_threads=") for o in overrides):
+                extra.append(f"trainer.num_threads={threads}")
+            (group / leaf).mkdir(parents=True, exist_ok=True)
+            log = open(group / leaf / "launch.log", "a")
+            proc = subprocess.Popen([sys.executable, "-m", "qdnn_cli.cli", "train", experiment, *overrides, *extra],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+            running[proc] = (leaf, slot)
+            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"{extra[-1].split('=')[1]} CPU threads"
+            console.print(f"[{i + 1}/{len(plans)}] {leaf}: started (pid {proc.pid}, {where})")
+        for proc in [p for p in running if p.poll() is not None]:
+            leaf, _ = running.pop(proc)
+            done += 1
+            if proc.returncode:
+                failed.append(leaf)
+            state = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            console.print(f"{leaf}: {state} [{done}/{len(plans)} done]")
+        time.sleep(0.2)
+    if failed:
+        raise LaunchError(f"{len(failed)} of {len(plans)} runs failed: "
+                          + ", ".join(f"{leaf} (see {group / leaf / 'launch.log'})" for leaf in failed))
+
+
+# ----------------------------------------------------------------------------- submitit
+class TrainJob:
+    """What one SLURM job runs: ``qdnn train`` of one run directory. Follows submitit's
+    checkpointing protocol: on a time-limit signal it asks to be requeued as itself, and
+    the requeued job resumes from the run directory's checkpoint."""
+
+    def __init__(self, experiment: str, overrides: list[str], distributed: bool = False):
+        self.experiment, self.overrides, self.distributed = experiment, list(overrides), distributed
+
+    def __call__(self) -> dict:
+        if self.distributed:  # torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export()
+        from .runs import train_one
+
+        _, results = train_one(self.experiment, self.overrides, quiet_config=True)
+        return {int(m): r["top1"] for m, r in (results or {}).items()}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(self.experiment, self.overrides, self.distributed))
+
+
+def make_executor(folder: Path, opts: LaunchOptions):
+    import shutil
+
+    import submitit
+
+    cluster = os.environ.get("QDNN_SUBMITIT_CLUSTER")
+    if cluster is None and shutil.which("sbatch") is None:
+        raise ValueError("--launcher slurm: no SLURM on this machine (sbatch not found); "
+                         "QDNN_SUBMITIT_CLUSTER=local runs the same path locally")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    tasks = max(1, opts.gpus_per_node)
+    params = {"timeout_min": opts.timeout_min, "nodes": opts.nodes, "tasks_per_node": tasks}
+    if executor.cluster == "slurm":
+        params.update({"slurm_partition": opts.partition, "gpus_per_node": opts.gpus_per_node or None,
+                       **opts.slurm})
+        params = {k: v for k, v in params.items() if v is not None}
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_submitit(experiment: str, plans: list[tuple[str, list[str]]], group: Path, opts: LaunchOptions,
+                 console, wait: bool = True) -> list:
+    executor = make_executor(group / ".submitit", opts)
+    distributed = opts.nodes * max(1, opts.gpus_per_node) > 1
+    jobs = []
+    for leaf, overrides in plans:
+        job = executor.submit(TrainJob(experiment, overrides, distributed))
+        (group / leaf).mkdir(parents=True, exist_ok=True)
+        (group / leaf / "job.json").write_text(json.dumps({"job_id": str(job.job_id), "launcher": executor.cluster}))
+        console.print(f"{leaf}: submitted as job {job.job_id} ({executor.cluster})")
+        jobs.append((leaf, job))
+    if not wait:
+        return [j for _, j in jobs]
+    failed = []
+    for leaf, job in jobs:
+        try:
+            job.result()
+            console.print(f"{leaf}: finished (job {job.job_id})")
+        except Exception as e:  # noqa: BLE001 - a failed job: report it, keep the others
+            failed.append(f"{leaf} (job {job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})")
+    if failed:
+        raise LaunchError(f"{len(failed)} of {len(jobs)} jobs failed: " + "; ".join(failed))
+    return [j for _, j in jobs]
