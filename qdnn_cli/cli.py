@@ -46,6 +46,11 @@ def guarded(fn):
             err_console.print("interrupted: finished epochs are saved; run the same command again to resume")
             raise typer.Exit(130)
         except Exception as e:  # noqa: BLE001 - the one place errors become messages
+            from .engine import RESUMABLE_EXIT, RunInterrupted
+
+            if isinstance(e, RunInterrupted):  # stopped on a signal: resumable, not an error
+                err_console.print(f"stopped: {e}")
+                raise typer.Exit(RESUMABLE_EXIT)
             if os.environ.get("QDNN_DEBUG"):
                 raise
             if is_input_error(e):

@@ -136,6 +136,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("stop_after", "max_steps_per_epoch", "num_threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"trainer.{key} must be a positive integer or null, got {t[key]!r}")
+    if t.checkpoint_every_minutes is not None and t.checkpoint_every_minutes < 0:
+        raise ConfigError(f"trainer.checkpoint_every_minutes must be >= 0 (0: off) or null, got {t.checkpoint_every_minutes}")
     if t.compile not in (False, True) + COMPILE_MODES:
         raise ConfigError(f"trainer.compile={t.compile!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
     f = cfg.data.get("train_fraction", 1.0)

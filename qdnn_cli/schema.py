@@ -79,6 +79,7 @@ class TrainerConfig:
     log_every: int = 20
     eval_every: int = 1
     stop_after: Optional[int] = None
+    checkpoint_every_minutes: Optional[float] = None  # null: 30 on streamed data, off (0) in memory
     progress: bool = True
     sync_bn: bool = False
 

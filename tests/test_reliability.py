@@ -97,7 +97,7 @@ def test_truncated_and_foreign_checkpoints_are_one_line(tmp_path):
         assert r.exit_code == 2 and _one_error_line(r) and "not a readable checkpoint" in r.output, r.output
     # a corrupt checkpoint in a run directory stops resumption with the same message
     (run / "checkpoint.pt").write_bytes(data[:100])
-    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=2"))
+    r = qdnn("train", "quickstart", "--extend-epochs", *tiny_overrides(run, "trainer.epochs=2"))
     assert r.exit_code == 2 and "not a readable checkpoint" in r.output
 
 
@@ -164,3 +164,67 @@ def test_bad_data_inputs_are_one_line(tmp_path, case, needle):
     r = qdnn("train", "quickstart", "data=folder", f"data.root={root}", "trainer.epochs=1", "trainer.device=cpu",
              "trainer.progress=false", f"out_dir={tmp_path / 'run'}", *extra)
     assert r.exit_code == 2 and _one_error_line(r) and needle in r.output, r.output
+
+
+# ----------------------------------------------------------------------------- mid-epoch
+def _stream_tree(root):
+    # 72 px images: above data.max_in_memory_size (64), so they stream through the DataLoader
+    return write_folder_tree(root, classes=3, per_class=(24, 6), size=72)
+
+
+def _stream_overrides(tree, out, *extra):
+    return ["data=folder", f"data.root={tree}", "data.image_size=32", "model=tiny", "model.kwargs.width=8",
+            "quant.bits=[2,32]", "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=18",
+            "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}", *extra]
+
+
+def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path):
+    tree = _stream_tree(tmp_path / "tree")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert qdnn("train", "quickstart", *_stream_overrides(tree, straight, "data.workers=0")).exit_code == 0
+    # 72 images / batch 8 = 9 steps per epoch; a checkpoint after every step, killed after step 5
+    # of epoch 2 before its checkpoint (the last one is after step 4), with 2 loader workers
+    # this time: the batches cannot depend on the workers
+    common = _stream_overrides(tree, killed, "data.workers=2", "trainer.checkpoint_every_minutes=1e-9")
+    proc = subprocess.run([QDNN, "train", "quickstart", *common], env={**os.environ, KILL_AT_ENV: "2:5"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    ck = safe_load(killed / "checkpoint.pt")
+    assert ck["epoch"] == 1 and ck["position"]["step"] == 4
+    r = qdnn("train", "quickstart", *common)
+    assert r.exit_code == 0, r.output
+    assert "step 4 of epoch 2" in r.output
+    keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr", "images")
+    strip = lambda rows: [{k: x[k] for k in keep} for x in rows]  # noqa: E731
+    assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(killed / "metrics.csv"))
+    a, b = safe_load(straight / "checkpoint.pt")["model"], safe_load(killed / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path):
+    import time
+
+    from qdnn_cli.engine.interrupt import PAUSE_AT_ENV, RESUMABLE_EXIT
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    common = ["data.train_size=96", "trainer.batch_size=16", "trainer.epochs=3", "quant.bits=[2,32]"]
+    assert qdnn("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
+    proc = subprocess.Popen([QDNN, "train", "quickstart", *tiny_overrides(stopped, *common)],
+                            env={**os.environ, PAUSE_AT_ENV: "2:3"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (stopped / ".paused").exists():  # not a race: the run cannot get past its pause
+        assert time.time() < deadline and proc.poll() is None, "the run never reached its pause"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends before a time limit
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == RESUMABLE_EXIT, err
+    assert "stopped on signal" in err and "epoch 2, step 3" in err
+    ck = safe_load(stopped / "checkpoint.pt")
+    assert ck["epoch"] == 1 and ck["position"]["step"] == 3
+    assert '"stopped"' in (stopped / "status.json").read_text()
+    r = qdnn("train", "quickstart", *tiny_overrides(stopped, *common))
+    assert r.exit_code == 0, r.output
+    keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
+    strip = lambda rows: [{k: x[k] for k in keep} for x in rows]  # noqa: E731
+    assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(stopped / "metrics.csv"))

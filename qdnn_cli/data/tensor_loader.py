@@ -86,9 +86,15 @@ class TensorBatches:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1) * 255)
         self.epoch = 0
+        self.start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip(self, batches: int) -> None:
+        """The next pass starts at batch ``batches`` of the epoch (a mid-epoch resume):
+        the same batches the whole pass would have given from there."""
+        self.start_batch = batches
 
     @property
     def num_images(self) -> int:
@@ -131,11 +137,12 @@ class TensorBatches:
             flips = self._to_device(flips) if flips is not None else None
         order = self._to_device(order)
         stop = total - total % self.batch_size if self.drop_last else total
+        first, self.start_batch = self.start_batch * self.batch_size, 0
         image_bytes = 4 * max(1, math.prod(self.images.shape[1:]))  # as float32
         chunk = self.batch_size * max(1, CHUNK_BYTES // (self.batch_size * image_bytes))
         # a chunk of whole batches is prepared at once: on a GPU each batch would otherwise
         # cost ~15 small kernel launches of host time, which a CUDA-graph step makes visible
-        for c0 in range(0, stop, chunk):
+        for c0 in range(first, stop, chunk):
             sl = slice(c0, min(stop, c0 + chunk))
             idx = order[sl]
             x = self.images.index_select(0, idx)

@@ -9,10 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
 from ..quant import mode_label
 from .evaluation import evaluate
+from .interrupt import RESUMABLE_EXIT, RunInterrupted
 from .loop import Trainer, TrainingDiverged
 
 # Keys that may change between an interrupted run and its resumption.
-RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.num_threads", "trainer.log_every",
+RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.checkpoint_every_minutes", "trainer.num_threads", "trainer.log_every",
                          "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
 
 
@@ -80,6 +81,8 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
             raise error or RuntimeError("rank 0 could not prepare the run directory; see its error")
         try:
             return trainer.fit(on_ready=on_ready)
+        except RunInterrupted:
+            raise  # status.json already says stopped, with where
         except Exception as e:
             if trainer.dist.is_main:
                 _record_failure(trainer, Path(run_dir), e, fresh)

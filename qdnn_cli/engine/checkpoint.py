@@ -66,19 +66,29 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
 
 
 class RunLock:
-    """Exclusive lock on a run directory (``.lock``, flock): a second writer fails fast."""
+    """Exclusive lock on a run directory (``.lock``): a second writer fails fast.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so
+    forked DataLoader workers do not inherit it, and a run killed with -9 can be resumed
+    at once instead of after its orphaned workers notice and exit."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
         self._fd = None
 
+    _held: set = set()  # record locks do not exclude their own process: these paths are ours
+
     def acquire(self) -> "RunLock":
         import fcntl
 
+        key = str(self.path.resolve())
+        if key in RunLock._held:  # (opening or reading the file here would drop our own lock)
+            raise CheckpointError(f"run directory {self.path.parent} is in use by pid {os.getpid()} (this process); "
+                                  "wait for it or choose another out_dir")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             os.close(fd)
             holder = self.path.read_text().strip() or "another process"
             raise CheckpointError(
@@ -86,12 +96,14 @@ class RunLock:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}".encode())
-        self._fd = fd
+        self._fd, self._key = fd, key
+        RunLock._held.add(key)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+            RunLock._held.discard(self._key)
             self._fd = None
 
     def __enter__(self):

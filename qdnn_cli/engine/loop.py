@@ -8,9 +8,7 @@ The step is :func:`.step.mode_losses`; files are :class:`.rundir.RunFiles`.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import peak_memory_mb, resolve_device
 from .distributed import DistContext
 from .evaluation import evaluate
+from .interrupt import KILL_AT_ENV, RunInterrupted, StopSignals, epoch_position, fault_hooks, restore_position  # noqa: F401
 from .loggers import build_loggers
 from .losses import QuantizableLoss
 from .optim import build_optimizer, build_scheduler
@@ -34,11 +33,6 @@ from .progress import epoch_line, make_progress
 from .rundir import RunFiles, last_eval, train_rows, val_rows
 from .step import EpochStats, ModeTimer, mode_losses, mode_sets, random_config, sample_modes
 
-# Fault injection for crash tests: "E:S" kills this process with SIGKILL right after
-# step S of epoch E (both 1-based), a deterministic kill -9 mid-epoch; PAUSE_AT waits
-# there (once per run directory) until a signal ends the process, for requeue tests.
-KILL_AT_ENV = "QDNN_TEST_KILL_AT"
-PAUSE_AT_ENV = "QDNN_TEST_PAUSE_AT"
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,6 +70,8 @@ class Trainer:
             # fixed input shapes: let cuDNN pick the fastest convolution per layer once
             torch.backends.cudnn.benchmark = True
         self.start_epoch, self.best, self.history = 0, -1.0, []
+        self.position = None  # where a mid-epoch checkpoint left the epoch start_epoch + 1
+        self.stop = StopSignals()
 
     def amp_ctx(self):
         if self.amp_dtype is None:
@@ -106,6 +102,9 @@ class Trainer:
         self.per_step_schedule = cfg.sched.get("interval", "epoch") == "step"
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.epochs, self.steps_per_epoch)
         self.last_lr = self.optimizer.param_groups[0]["lr"]
+        every = t.get("checkpoint_every_minutes")
+        streamed = not hasattr(self.data.train, "images")  # large-image folders stream from disk
+        self.checkpoint_seconds = 60 * float(every if every is not None else (30 if streamed else 0))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
         self.layer_names = list(quantized_layers(self.model))
@@ -174,8 +173,10 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["torch_rng"])
         self.start_epoch, self.best = int(ck["epoch"]), float(ck["best"])
+        self.position = ck.get("position")
         self.history = self.files.trim_metrics(self.start_epoch)
-        self.log(f"resumed from {path} after epoch {self.start_epoch}")
+        where = f", step {self.position['step']} of epoch {self.start_epoch + 1}" if self.position else ""
+        self.log(f"resumed from {path} after epoch {self.start_epoch}{where}")
 
     def calibrate(self) -> None:
         """LSQ steps still unset are set from the first training batch before the first
@@ -203,7 +204,7 @@ class Trainer:
         eval_every = max(1, int(t.get("eval_every", 1)))
         final = None
         self.files.status("running", self.start_epoch)
-        with make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
+        with self.stop, make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
             for epoch in range(self.start_epoch, end):
                 stats, timer, train_s, data_share, images = self.train_epoch(epoch, progress)
                 lr = self.last_lr  # the last step's (per-epoch schedules: the epoch's)
@@ -236,15 +237,20 @@ class Trainer:
         self.data.train.set_epoch(epoch)
         self.epoch_loss = self.loss_fn.at_epoch(epoch)
         mode_rng = random.Random(int(self.cfg.seed) * 7919 + epoch)
-        kill_at, pause_at = os.environ.get(KILL_AT_ENV, ""), os.environ.get(PAUSE_AT_ENV, "")
         self.model.train()
         stats, timer = EpochStats(), ModeTimer(self.device)
+        first, images = 0, 0
+        if self.position is not None:  # a mid-epoch checkpoint: continue at its batch
+            first = int(self.position["step"])
+            images = restore_position(self.position, stats, mode_rng, self.device)
+            self.data.train.skip(first)
+            self.position = None
         steps = self.steps_per_epoch
         log_every = max(1, int(t.get("log_every", 20)))
-        task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="")
-        started = t_data = time.perf_counter()
-        data_time, images = 0.0, 0
-        for step, (x, y) in enumerate(self.data.train):
+        task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="", completed=first)
+        started = t_data = last_save = time.perf_counter()
+        data_time = 0.0
+        for step, (x, y) in enumerate(self.data.train, start=first):
             if step >= steps:
                 break
             data_time += time.perf_counter() - t_data
@@ -253,12 +259,14 @@ class Trainer:
                 modes += [random_config(self.layer_names, self.modes_desc, mode_rng) for _ in range(int(t.mixed_k))]
             self.train_step(x, y, modes, stats, timer)
             images += y.numel()
-            if kill_at == f"{epoch + 1}:{step + 1}":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if pause_at == f"{epoch + 1}:{step + 1}" and not (self.files.dir / ".paused").exists():
-                (self.files.dir / ".paused").write_text(str(os.getpid()))
-                while True:  # until the test's signal ends or requeues this process
-                    time.sleep(0.05)
+            fault_hooks(epoch + 1, step + 1, self.files.dir, self.stop)
+            due = self.checkpoint_seconds and time.perf_counter() - last_save >= self.checkpoint_seconds
+            if (due or self.stop.requested) and step + 1 < steps:
+                self.save_position(epoch, step + 1, stats, mode_rng, images)
+                last_save = time.perf_counter()
+                if self.stop.requested:
+                    raise RunInterrupted(f"stopped on signal {self.stop.requested} at epoch {epoch + 1}, step "
+                                         f"{step + 1}; run the same command again to resume there")
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 self._check_finite(stats, epoch, step)
                 rate = images * self.dist.world / (time.perf_counter() - started)
@@ -269,6 +277,16 @@ class Trainer:
         self._check_finite(stats, epoch, steps)
         progress.remove_task(task)
         return stats, timer, train_s, data_time / max(train_s, 1e-9), images
+
+    def save_position(self, epoch: int, step: int, stats: EpochStats, mode_rng, images: int) -> None:
+        """A mid-epoch checkpoint: the state after ``epoch`` epochs plus ``step`` steps."""
+        if not self.dist.is_main:
+            return
+        state = self.checkpoint_state(epoch)
+        state["position"] = epoch_position(step, stats, mode_rng, images)
+        atomic_save(state, self.files.checkpoint)
+        stopping = "stopped on a signal" if self.stop.requested else "mid-epoch checkpoint"
+        self.files.status("stopped" if self.stop.requested else "running", epoch, f"{stopping} at step {step}")
 
     def train_step(self, x, y, modes: list[int], stats: EpochStats, timer: ModeTimer) -> None:
         if self.cudagraphs:  # a new step: last step's graph outputs may be overwritten
