@@ -26,3 +26,14 @@ def test_bench_times_the_compiled_joint_step_on_cpu(capsys):
     for key in ("joint_compiled_vs_eager", "speedup_vs_naive_compiled"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
     assert "compiled the whole joint step for the CPU" in capsys.readouterr().out
+
+
+def test_concurrent_bench_reports_aggregate_throughput_of_parallel_runs():
+    from qdnn_cli import bench_concurrent
+
+    results = bench_concurrent.main(["--runs", "1,2", "--images", "64", "--epochs", "1", "--train-args",
+                                     "model=tiny model.kwargs.width=8 quant.bits=[2,32]"])
+    assert [r["runs"] for r in results] == [1, 2]
+    assert len(results[1]["per_run_images_per_s"]) == 2 and all(x > 0 for x in results[1]["per_run_images_per_s"])
+    assert results[1]["aggregate_images_per_s"] == sum(results[1]["per_run_images_per_s"])
+    assert results[0]["speedup_vs_one_run"] == 1.0
