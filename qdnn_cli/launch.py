@@ -120,7 +120,8 @@ class TrainJob:
         if self.distributed:  # torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export()
+            # every task sees all the node's GPUs and picks LOCAL_RANK's, as under torchrun
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         from .runs import train_one
 
         _, results = train_one(self.experiment, self.overrides, quiet_config=True)
