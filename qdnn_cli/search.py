@@ -211,8 +211,7 @@ def _plot(path: Path, cands, front, space: Space, title: str) -> None:
     for c in cands:
         if c.origin.startswith("uniform"):
             ax.scatter([x(c)], [c.top1], marker="s", s=50, color="tab:red")
-            ax.annotate(f"uniform {c.config.default.label}", (x(c), c.top1), textcoords="offset points", xytext=(5, -10),
-                        fontsize=8)
+            ax.annotate(c.origin, (x(c), c.top1), textcoords="offset points", xytext=(5, -10), fontsize=8)
     ax.axvline(space.budget / scale, linestyle="--", color="gray", label="budget")
     ax.set_xscale("log")
     ax.set_xlabel(unit + " (log scale)")
@@ -276,7 +275,8 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
 
     cands = search_configs(space, score, candidates, seed, trained, on_result)
     out_dir = out_dir or ckpt.parent / f"search-{kind}-{budget_text}-{time.strftime('%Y%m%d-%H%M%S')}"
-    best = write_outputs(out_dir, cands, space, f"{cfg.name}: search on {described}")
+    best = write_outputs(out_dir, cands, space, f"{cfg.name}, {kind} <= {budget_text}: top-1 on "
+                         f"{described.split(',')[0]} held-out training images")
     # the number to report: the validation split, never searched on
     data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
     val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
