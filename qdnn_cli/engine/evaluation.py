@@ -106,6 +106,15 @@ def calibrate_bn(model, loader, mode: int, batches: int) -> int:
     return seen
 
 
+def quant_spec(cfg, modes: tuple[int, ...] | None = None, bit_specific_bn: bool | None = None) -> QuantSpec:
+    """The QuantSpec of a run's ``quant`` config (its own modes unless ``modes`` is given)."""
+    q = cfg.quant
+    return QuantSpec(tuple(int(b) for b in (modes or q.bits)), q.weight, q.act,
+                     bool(q.bit_specific_bn if bit_specific_bn is None else bit_specific_bn),
+                     bool(q.quantize_first_last), bool(q.quantize_shortcut), q.get("weight_scale", "none"),
+                     bool(q.get("weight_max_grad", False)))
+
+
 @dataclass
 class LoadedRun:
     model: torch.nn.Module
@@ -126,9 +135,8 @@ def load_checkpoint_model(ckpt_path, modes: set[int], overrides: list[str] = (),
         raise BitModeError(f"{ckpt_path} is not a qdnn training checkpoint (no model/config entries)")
     cfg = apply_overrides(OmegaConf.create(ck["config"]), list(overrides))
     trained = sorted(int(b) for b in ck["model"]["_qdnn.bit_modes"].tolist())
-    q = cfg.quant
-    spec = QuantSpec(tuple(sorted(set(modes) | set(trained))), q.weight, q.act, True, bool(q.quantize_first_last),
-                     bool(q.quantize_shortcut), q.get("weight_scale", "none"), bool(q.get("weight_max_grad", False)))
+    # per-mode BNs even for a shared-BN run: expand_state copies the shared one into each
+    spec = quant_spec(cfg, tuple(sorted(set(modes) | set(trained))), bit_specific_bn=True)
     device = resolve_device(device_name)
     model = build_model(ck["model_name"], spec, int(ck["num_classes"]), int(ck["in_channels"]),
                         **dict(cfg.model.get("kwargs") or {}))

@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import build_data
+from ..data import TensorBatches, build_data
 from ..models import build_model, load_torchvision_weights
-from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict
+from ..quant import load_quantizable_state_dict, quantizable_state_dict
 from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
 from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import peak_memory_mb, resolve_device
 from .distributed import DistContext
-from .evaluation import evaluate
+from .evaluation import evaluate, quant_spec
 from .interrupt import KILL_AT_ENV, RunInterrupted, StopSignals, epoch_position, fault_hooks, restore_position  # noqa: F401
 from .loggers import build_loggers
 from .losses import QuantizableLoss
@@ -37,13 +37,6 @@ from .step import EpochStats, ModeTimer, mode_losses, mode_sets, random_config, 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-def quant_spec(cfg: DictConfig) -> QuantSpec:
-    q = cfg.quant
-    return QuantSpec(tuple(int(b) for b in q.bits), q.weight, q.act, bool(q.bit_specific_bn),
-                     bool(q.quantize_first_last), bool(q.quantize_shortcut), q.get("weight_scale", "none"),
-                     bool(q.get("weight_max_grad", False)))
 
 
 class Trainer:
@@ -103,7 +96,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.sched, self.epochs, self.steps_per_epoch)
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         every = t.get("checkpoint_every_minutes")
-        streamed = not hasattr(self.data.train, "images")  # large-image folders stream from disk
+        streamed = not isinstance(self.data.train, TensorBatches)  # large-image folders stream from disk
         self.checkpoint_seconds = 60 * float(every if every is not None else (30 if streamed else 0))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.modes_desc = sorted(self.spec.modes, reverse=True)
