@@ -238,9 +238,11 @@ def reproduce(experiment: str, overrides: list[str], seeds: int, runs_dir: Path 
         raise ValueError("--seeds must be at least 1")
     group = runs_dir or Path("runs") / cfg.name / "reproduce"
     variants = load_grid(grid, list(cfg.quant.bits))
-    for seed in range(seeds):
-        console.rule(f"seed {seed}")
-        run_group(experiment, variants, group / f"seed{seed}", overrides + [f"seed={seed}"], launcher=launcher)
+    # one queue, variant by variant and seed by seed within it: a parallel launcher keeps
+    # every slot busy across seeds, and a table cut short holds whole variants
+    plans = {f"seed{seed}/{leaf}": extra + [f"seed={seed}"] for leaf, extra in variants.items()
+             for seed in range(seeds)}
+    run_group(experiment, plans, group, overrides, launcher=launcher)
     rdir = report_dir or Path("experiments") / cfg.name
     ref = rdir / "reference.csv"
     text = build_report([group], "markdown", rdir / "results.md", rdir / "results.png",

@@ -99,6 +99,7 @@ class CifarData:
     root: Optional[str] = "data"
     download: bool = True
     train_fraction: float = 1.0
+    subset_seed: Optional[int] = None  # which training subset; null: the run's seed
     crop_padding: int = 4
     flip: bool = True
 
@@ -108,6 +109,7 @@ class DigitsData:
     name: str = "digits"
     root: Optional[str] = None
     train_fraction: float = 1.0
+    subset_seed: Optional[int] = None  # which training subset; null: the run's seed
     crop_padding: int = 1
     flip: bool = False
 
@@ -122,6 +124,7 @@ class SyntheticData:
     image_size: int = 16
     in_channels: int = 3
     train_fraction: float = 1.0
+    subset_seed: Optional[int] = None  # which training subset; null: the run's seed
     crop_padding: int = 2
     flip: bool = True
 
@@ -134,6 +137,7 @@ class FolderData:
     val_split: str = "val"
     in_channels: int = 3
     train_fraction: float = 1.0
+    subset_seed: Optional[int] = None  # which training subset; null: the run's seed
     crop_padding: int = 4
     flip: bool = True
     max_in_memory_size: int = 64

@@ -1,24 +1,51 @@
 #!/usr/bin/env bash
-# Issue 14's small-budget CIFAR-100 table on a lent GPU, time-boxed and resumable: every
-# variant of conf/grid/reproduce.yaml for seeds 0..SEEDS-1 on ../shared/data/cifar100-dev
-# (45 % of train/, 8 epochs, evaluated on val/), then the report. Finished runs are
-# skipped and interrupted ones resume, so the same call continues in the next slice;
-# carry RUNS back and forth between calls. Prepared on the CPU machine; not yet run on a GPU.
+# Issue 14's small-budget CIFAR-100 table on a lent GPU, in one time-boxed call: every
+# variant of conf/grid/fidelity.yaml (quantizable, ablations, dedicated per bit, recipe
+# options) for seeds 0..SEEDS-1, 45 % of cifar100-dev/train (one subset shared by all
+# seeds, data.subset_seed=0), 8 epochs, evaluated on val/. Runs go N at once on the one
+# GPU (eager: each tiny ResNet-20 step is launch-bound, so processes overlap well).
 #
-#   OUT=$OUT RUNS=runs/gpu-table LIMIT_S=540 bash scripts/gpu_table.sh
+# Before the call, on the CPU machine (the device cannot read ../shared, and carries 64 MiB):
+#   make device-site
+#   python scripts/device_data.py pack ../shared/data/cifar100-dev .gpu/cifar100-dev --fraction 0.45 --subset-seed 0
+# then run it with carry [.site, .gpu]:  OUT=$OUT bash scripts/gpu_table.sh
+# Finished runs are skipped and interrupted ones resume, so carrying RUNS back continues it.
 set -u
 OUT=${OUT:-/tmp/qdnn-gpu-table}
-RUNS=${RUNS:-runs/gpu-table}
+RUNS=${RUNS:-runs/gpu-fidelity}
 SEEDS=${SEEDS:-2}
 EPOCHS=${EPOCHS:-8}
-FRACTION=${FRACTION:-0.45}
-LIMIT_S=${LIMIT_S:-540}
-DATA=${DATA:-$(cd .. && pwd)/shared/data/cifar100-dev}
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+JOBS=${JOBS:-10}
+LIMIT_S=${LIMIT_S:-470}
+GRID=${GRID:-fidelity}
+EXTRA=${EXTRA:-}
 PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+export QDNN_CACHE=${QDNN_CACHE:-/tmp/qdnn_cache}
 mkdir -p "$OUT"
-timeout "$LIMIT_S" $PY -m qdnn_cli.cli reproduce cifar100 --seeds "$SEEDS" --runs-dir "$RUNS" --report-dir "$OUT/report" \
-    data=folder data.root="$DATA" data.train_fraction="$FRACTION" trainer.epochs="$EPOCHS" trainer.progress=false \
-    trainer.amp=bf16 trainer.compile=reduce-overhead trainer.compile_scope=step 2>&1 | tee -a "$OUT/table.log"
-echo "exit: ${PIPESTATUS[0]} (124: the time box ended; call again with the same RUNS to continue)" | tee -a "$OUT/table.log"
-find "$RUNS" -name status.json -exec grep -H '"state"' {} \; | tee "$OUT/states.txt"
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/table.log"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
+$PY -c "import torch, hydra; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" 2>&1 | tee -a "$OUT/gpu.txt"
+DATA=$($PY scripts/device_data.py fill .gpu/cifar100-dev) || { stamp "data fill failed"; exit 2; }
+# decode once into the cache that every run then reads
+$PY -c "from qdnn_cli.data.sources import load_folder; s = load_folder('.gpu/cifar100-dev', 'train', 'val', 3, 64, ((0.5,) * 3, (0.25,) * 3)); print(len(s.train.labels), len(s.val.labels))"
+stamp "data ready: $DATA"
+
+# the CUDA tests, beside the table (a few seconds of GPU each)
+(timeout 240 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_gpu_flags.py > "$OUT/cuda_tests.log" 2>&1; echo "exit $?" >> "$OUT/cuda_tests.log") &
+
+# a 5-step smoke run first: a broken CUDA path fails here in seconds, not in every run
+$PY -m qdnn_cli.cli train cifar100 $DATA trainer.epochs=1 trainer.max_steps_per_epoch=5 trainer.progress=false \
+    out_dir=/tmp/smoke $EXTRA > "$OUT/smoke.log" 2>&1 || { stamp "smoke run failed"; tail -30 "$OUT/smoke.log"; wait; exit 3; }
+stamp "smoke run ok"
+
+timeout "$LIMIT_S" $PY -m qdnn_cli.cli reproduce cifar100 --grid "$GRID" --seeds "$SEEDS" --runs-dir "$RUNS" \
+    --report-dir "$OUT/report" --launcher parallel --jobs "$JOBS" \
+    $DATA trainer.epochs="$EPOCHS" trainer.num_threads=1 $EXTRA 2>&1 | tee -a "$OUT/table.log"
+stamp "reproduce exit ${PIPESTATUS[0]} (124: the time box ended)"
+wait
+find "$RUNS" -name status.json | sort | xargs grep -H -o '"state": *"[a-z]*"' | tee "$OUT/states.txt"
+tar czf "$OUT/runs.tgz" --exclude='*.pt' "$RUNS"
+stamp "done"

@@ -131,3 +131,26 @@ def test_sandwich_visits_every_mode_and_always_the_extremes():
     assert all(p == sorted(p, reverse=True) for p in picks)
     assert {m for p in picks for m in p} == set(modes)
     assert sample_modes(modes, "all", 1, rng) == modes
+
+
+def test_subset_seed_fixes_the_training_subset_across_run_seeds(tmp_path):
+    from omegaconf import OmegaConf
+
+    from helpers import write_folder_tree
+    from qdnn_cli.data import build_data
+
+    root = write_folder_tree(tmp_path / "tree", classes=4, per_class=(20, 2), size=8)
+
+    def subset(run_seed, subset_seed):
+        d = OmegaConf.create({"name": "folder", "root": str(root), "train_split": "train", "val_split": "val",
+                              "in_channels": 3, "train_fraction": 0.25, "subset_seed": subset_seed,
+                              "crop_padding": 0, "flip": False, "max_in_memory_size": 64,
+                              "mean": None, "std": None})
+        return build_data(d, 8, 8, torch.device("cpu"), seed=run_seed).train.images
+
+    # default: the run's seed picks the subset, so seeds 0 and 1 train on different images
+    assert not torch.equal(subset(0, None), subset(1, None))
+    # a fixed subset seed: both runs see the very same 5 images per class, whatever their seed
+    fixed = subset(0, 7)
+    assert fixed.shape[0] == 20 and torch.equal(fixed, subset(1, 7))
+    assert torch.equal(subset(7, None), fixed)

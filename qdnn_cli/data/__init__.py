@@ -62,13 +62,21 @@ def load_source(d, seed: int) -> Source:
     return DATA_SOURCES[d.name](d, seed)
 
 
+def subset_seed(d, seed: int) -> int:
+    """The seed that picks the training subset (``data.train_fraction`` < 1): the run's
+    seed unless ``data.subset_seed`` fixes one, so that runs of several seeds can share one
+    subset and differ only in initialisation, order and augmentation."""
+    fixed = d.get("subset_seed", None)
+    return seed if fixed is None else int(fixed)
+
+
 def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, seed: int,
                channels_last: bool = False, rank: int = 0, world: int = 1, workers: int = 4) -> DataBundle:
     src = load_source(d, seed)
     fraction = float(d.get("train_fraction", 1.0))
     train = src.train
     if fraction != 1:
-        idx = stratified_subset(train.labels, fraction, seed)
+        idx = stratified_subset(train.labels, fraction, subset_seed(d, seed))
         if src.in_memory:
             train = type(train)(train.images[idx], train.labels[idx])
         else:
@@ -106,7 +114,7 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
         raise DataError("a search needs an in-memory data set (CIFAR-sized images); this one streams from disk")
     labels = src.train.labels
     fraction = float(d.get("train_fraction", 1.0))
-    trained = stratified_subset(labels, fraction, seed) if fraction != 1 else torch.arange(len(labels))
+    trained = stratified_subset(labels, fraction, subset_seed(d, seed)) if fraction != 1 else torch.arange(len(labels))
     rest = torch.ones(len(labels), dtype=torch.bool)
     rest[trained] = False
     pool = rest.nonzero().squeeze(1) if fraction != 1 else torch.arange(len(labels))

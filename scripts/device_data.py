@@ -1,0 +1,96 @@
+"""Ship a class-folder data set's *used* images to a GPU machine that cannot read it.
+
+The device tool carries at most 64 MiB, and ``cifar100-dev`` is ~200 MB of PNGs. A run
+with ``data.train_fraction=F data.subset_seed=S`` trains on a stratified subset that
+depends only on the sorted file names and their classes, so shipping that subset plus
+the validation split, and recreating every other training file name as a placeholder
+image on arrival, gives the device the very same training subset, labels, order and
+validation split. The training images' per-channel statistics (which the placeholders
+would change) are computed here over the whole tree and passed as ``data.mean`` /
+``data.std``.
+
+    python scripts/device_data.py pack ../shared/data/cifar100-dev .gpu/cifar100-dev --fraction 0.45 --subset-seed 0
+    python scripts/device_data.py fill .gpu/cifar100-dev      # on the device; prints the overrides
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qdnn_cli.data.sources import _decode_cached, _list_classes, _list_files, stratified_subset  # noqa: E402
+
+MANIFEST, STATS, PLACEHOLDER = "train_files.txt", "stats.json", ".placeholder.png"
+
+
+def pack(src: Path, dst: Path, fraction: float, subset_seed: int, train: str, val: str) -> None:
+    classes = _list_classes(src / train)
+    files, labels = _list_files(src / train, classes)
+    keep = stratified_subset(torch.tensor(labels), fraction, subset_seed).tolist()
+    images = _decode_cached(files, 3).float() / 255  # statistics of the whole training split
+    stats = {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": images.std(dim=(0, 2, 3)).tolist(),
+             "train_fraction": fraction, "subset_seed": subset_seed, "train_split": train, "val_split": val,
+             "source": str(src), "train_images": len(files), "shipped_train_images": len(keep)}
+    if dst.exists():
+        shutil.rmtree(dst)
+    rel = [os.path.relpath(f, src) for f in files]
+    for i in keep:
+        (dst / rel[i]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel[i], dst / rel[i])
+    shutil.copytree(src / val, dst / val)
+    (dst / MANIFEST).write_text("\n".join(rel) + "\n")
+    (dst / STATS).write_text(json.dumps(stats, indent=1))
+    size = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
+    print(f"{dst}: {len(keep)} of {len(files)} training images + {val}/, {size / 2**20:.1f} MiB")
+
+
+def fill(dst: Path) -> None:
+    from PIL import Image
+
+    stats = json.loads((dst / STATS).read_text())
+    placeholder = dst / PLACEHOLDER
+    with Image.open(next((dst / stats["val_split"]).rglob("*.png"))) as im:
+        size = im.size
+    Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(placeholder)
+    made = 0
+    for rel in (dst / MANIFEST).read_text().split():
+        path = dst / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(placeholder, path)
+            made += 1
+    print(f"{dst}: {made} placeholders for the training images not shipped", file=sys.stderr)
+    mean = ",".join(repr(v) for v in stats["mean"])
+    std = ",".join(repr(v) for v in stats["std"])
+    print(f"data=folder data.root={dst.resolve()} data.train_fraction={stats['train_fraction']} "
+          f"data.subset_seed={stats['subset_seed']} data.mean=[{mean}] data.std=[{std}]")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    f = sub.add_parser("fill")
+    f.add_argument("dst", type=Path)
+    a = ap.parse_args()
+    if a.cmd == "pack":
+        pack(a.src, a.dst, a.fraction, a.subset_seed, a.train_split, a.val_split)
+    else:
+        fill(a.dst)
+
+
+if __name__ == "__main__":
+    main()
