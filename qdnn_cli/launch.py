@@ -92,7 +92,8 @@ def run_parallel(experiment: str, plans: list[tuple[str, list[str]]], group: Pat
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
             running[proc] = (leaf, slot)
-            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"{extra[-1].split('=')[1]} CPU threads"
+            given = [o.split("=", 1)[1] for o in overrides + extra if o.startswith("trainer.num_threads=")]
+            where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"{given[-1]} CPU threads"
             console.print(f"[{i + 1}/{len(plans)}] {leaf}: started (pid {proc.pid}, {where})")
         for proc in [p for p in running if p.poll() is not None]:
             leaf, _ = running.pop(proc)

@@ -16,7 +16,7 @@ RUNS=${RUNS:-runs/gpu-fidelity}
 SEEDS=${SEEDS:-2}
 EPOCHS=${EPOCHS:-8}
 JOBS=${JOBS:-10}
-LIMIT_S=${LIMIT_S:-470}
+LIMIT_S=${LIMIT_S:-440}
 GRID=${GRID:-fidelity}
 EXTRA=${EXTRA:-}
 PY=${PY:-python3}
@@ -45,6 +45,8 @@ timeout "$LIMIT_S" $PY -m qdnn_cli.cli reproduce cifar100 --grid "$GRID" --seeds
     --report-dir "$OUT/report" --launcher parallel --jobs "$JOBS" \
     $DATA trainer.epochs="$EPOCHS" trainer.num_threads=1 $EXTRA 2>&1 | tee -a "$OUT/table.log"
 stamp "reproduce exit ${PIPESTATUS[0]} (124: the time box ended)"
+# the time box's SIGTERM reached every run: each saves a mid-epoch checkpoint and exits 75
+for _ in $(seq 90); do pgrep -f "qdnn_cli.cli train" > /dev/null || break; sleep 1; done
 wait
 find "$RUNS" -name status.json | sort | xargs grep -H -o '"state": *"[a-z]*"' | tee "$OUT/states.txt"
 tar czf "$OUT/runs.tgz" --exclude='*.pt' "$RUNS"
