@@ -11,6 +11,9 @@ would change) are computed here over the whole tree and passed as ``data.mean`` 
 
     python scripts/device_data.py pack ../shared/data/cifar100-dev .gpu/cifar100-dev --fraction 0.45 --subset-seed 0
     python scripts/device_data.py fill .gpu/cifar100-dev      # on the device; prints the overrides
+
+``pack`` writes one uncompressed zip (``<dst>.zip``: 25k small files would cost the
+transfer more than their bytes); ``fill`` unpacks it into ``<dst>``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +42,30 @@ def pack(src: Path, dst: Path, fraction: float, subset_seed: int, train: str, va
     stats = {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": images.std(dim=(0, 2, 3)).tolist(),
              "train_fraction": fraction, "subset_seed": subset_seed, "train_split": train, "val_split": val,
              "source": str(src), "train_images": len(files), "shipped_train_images": len(keep)}
-    if dst.exists():
-        shutil.rmtree(dst)
     rel = [os.path.relpath(f, src) for f in files]
-    for i in keep:
-        (dst / rel[i]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel[i], dst / rel[i])
-    shutil.copytree(src / val, dst / val)
-    (dst / MANIFEST).write_text("\n".join(rel) + "\n")
-    (dst / STATS).write_text(json.dumps(stats, indent=1))
-    size = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
-    print(f"{dst}: {len(keep)} of {len(files)} training images + {val}/, {size / 2**20:.1f} MiB")
+    archive = dst.with_suffix(".zip")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
+        for i in keep:
+            z.write(src / rel[i], rel[i])
+        for f in sorted((src / val).rglob("*")):
+            if f.is_file():
+                z.write(f, os.path.relpath(f, src))
+        z.writestr(MANIFEST, "\n".join(rel) + "\n")
+        z.writestr(STATS, json.dumps(stats, indent=1))
+    print(f"{archive}: {len(keep)} of {len(files)} training images + {val}/, "
+          f"{archive.stat().st_size / 2**20:.1f} MiB")
 
 
 def fill(dst: Path) -> None:
     from PIL import Image
 
+    archive = dst.with_suffix(".zip")
+    if archive.is_file():
+        if dst.exists():
+            shutil.rmtree(dst)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(dst)
     stats = json.loads((dst / STATS).read_text())
     placeholder = dst / PLACEHOLDER
     with Image.open(next((dst / stats["val_split"]).rglob("*.png"))) as im:
