@@ -111,3 +111,30 @@ def test_compile_settings_are_validated(tmp_path, override, message):
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", override))
     assert r.exit_code == 2 and message in r.output
     assert not (tmp_path / "r").exists()  # rejected before a run directory is made
+
+
+def test_mode_losses_never_asks_a_compiled_forward_for_its_truth_value():
+    """A torch.compile'd module answers bool() through len(), which a network does not
+    have: the step must test the forward it was given against None, not for truth."""
+    from qdnn_cli.engine.losses import QuantizableLoss
+    from qdnn_cli.engine.step import mode_losses
+    from qdnn_cli.models import build_model
+    from qdnn_cli.quant import QuantSpec
+
+    class LikeCompiled:  # what torch's OptimizedModule does for a module without len()
+        def __init__(self, module):
+            self.module, self.calls = module, 0
+
+        def __call__(self, x):
+            self.calls += 1
+            return self.module(x)
+
+        def __len__(self):
+            raise TypeError(f"{type(self.module).__name__} does not support len()")
+
+    torch.manual_seed(0)
+    net = build_model("tiny", QuantSpec((2, 32)), 4, 3, width=8).train()
+    forward = LikeCompiled(net)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+    total, per_mode = mode_losses(net, x, y, [32, 2], QuantizableLoss(), True, forward)
+    assert forward.calls == 2 and set(per_mode) == {32, 2} and torch.isfinite(total)

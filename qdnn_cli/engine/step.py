@@ -122,7 +122,7 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
     (``loss.fp_weight``). ``distill=False``: plain CE per mode (dedicated runs).
     ``forward`` defaults to ``model`` (a per-mode compiled model is passed here).
     """
-    forward = forward or model
+    forward = model if forward is None else forward  # bool() of a compiled module calls len()
     scale = loss_fn.mode_scale(len(modes))
     top_waits = distill and bool(loss_fn.consistency and loss_fn.fp_weight) and len(modes) > 1
     logits_by_mode, per_mode, total, top = {}, {}, None, None
