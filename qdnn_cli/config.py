@@ -160,7 +160,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.loss.warmup_epochs and t.compile and t.compile_scope == "step":
         raise ConfigError("loss.warmup_epochs changes the loss every epoch: use trainer.compile_scope=mode with it")
     if cfg.quant.weight_scale != "none" and cfg.quant.weight not in ("dorefa", "pact"):
-        raise ConfigError(f"quant.weight_scale applies to DoReFa weights; quant.weight={cfg.quant.weight} learns its own scale")
+        raise ConfigError(f"quant.weight_scale={cfg.quant.weight_scale} applies to DoReFa weights only: with "
+                          f"quant.weight={cfg.quant.weight} add quant.weight_scale=none (quant=lsq does)")
     if cfg.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature!r}")
     if OmegaConf.is_missing(cfg.data, "root"):

@@ -48,8 +48,8 @@ def test_compile_option_sets_a_recompile_budget_per_mode():
     assert compiled._orig_mod is net
 
 
-@pytest.mark.slow
 def test_compiled_training_runs_on_cpu(tmp_path):
+    # default suite: the only CPU test of a compiled (compile_scope=mode) training run
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.compile=true", "trainer.epochs=1"))
     assert r.exit_code == 0, r.output
 

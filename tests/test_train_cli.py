@@ -118,6 +118,7 @@ def test_folder_data_path_on_generated_tree(tmp_path):
     ("trainer.device=tpu", "trainer.device"),
     ("loss.target=teacher", "loss.target"),
     ("model=resnet1000", "model"),
+    ("quant.weight=lsq", "add quant.weight_scale=none"),  # the DoReFa default scales weights
 ])
 def test_bad_overrides_exit_2_with_one_line(tmp_path, override, needle):
     r = qdnn("train", "quickstart", f"out_dir={tmp_path / 'run'}", override)
