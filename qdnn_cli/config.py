@@ -150,6 +150,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("sched.warmup_epochs and sched.warmup_steps must be >= 0 and sched.pct_start in [0, 1)")
     if s.warmup_steps and s.interval != "step":
         raise ConfigError("sched.warmup_steps needs sched.interval=step (or use sched.warmup_epochs)")
+    if cfg.loss.top_weight <= 0:
+        raise ConfigError(f"loss.top_weight must be > 0, got {cfg.loss.top_weight!r}")
     if cfg.loss.warmup_epochs < 0 or cfg.loss.fp_weight < 0:
         raise ConfigError("loss.warmup_epochs and loss.fp_weight must be >= 0")
     if t.mode_sampling == "mixed" and t.compile:

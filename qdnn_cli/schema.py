@@ -37,6 +37,7 @@ class LossConfig:
     reduction: str = "sum"
     warmup_epochs: float = 0.0
     fp_weight: float = 0.0
+    top_weight: float = 1.0
 
 
 @dataclass

@@ -112,3 +112,26 @@ def test_step_with_fp_weight_equals_the_backward_of_the_total():
     for (name, a), b in zip(net.named_parameters(), ref.parameters()):
         if b.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_top_weight_scales_only_the_top_modes_cross_entropy():
+    logits, y = _logits()
+    ce32 = torch.nn.functional.cross_entropy(logits[32], y)
+    base = QuantizableLoss().total(logits, y)
+    assert torch.allclose(QuantizableLoss(top_weight=4.0).total(logits, y), base + 3 * ce32)
+    # the logged CE of the top mode stays the plain CE
+    loss, ce = QuantizableLoss(top_weight=4.0).mode_loss(logits[32], y, None, True)
+    assert torch.allclose(loss, 4 * ce32) and torch.allclose(ce, ce32)
+
+
+def test_a_dedicated_run_ignores_top_weight(tmp_path):
+    from omegaconf import OmegaConf
+
+    from qdnn_cli.config import compose
+    from qdnn_cli.engine.loop import Trainer
+
+    cfg = compose("quickstart", ["trainer.kind=dedicated", "quant.bits=[32]", "loss.top_weight=4",
+                                 f"out_dir={tmp_path / 'r'}", "trainer.device=cpu"])
+    trainer = Trainer(cfg, tmp_path / "r")
+    assert trainer.loss_fn.top_weight == 1.0
+    assert OmegaConf.select(cfg, "loss.top_weight") == 4.0

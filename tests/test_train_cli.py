@@ -119,6 +119,7 @@ def test_folder_data_path_on_generated_tree(tmp_path):
     ("loss.target=teacher", "loss.target"),
     ("model=resnet1000", "model"),
     ("quant.weight=lsq", "add quant.weight_scale=none"),  # the DoReFa default scales weights
+    ("loss.top_weight=0", "loss.top_weight must be > 0"),
 ])
 def test_bad_overrides_exit_2_with_one_line(tmp_path, override, needle):
     r = qdnn("train", "quickstart", f"out_dir={tmp_path / 'run'}", override)

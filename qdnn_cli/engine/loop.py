@@ -8,6 +8,7 @@ The step is :func:`.step.mode_losses`; files are :class:`.rundir.RunFiles`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ class Trainer:
         self.files = RunFiles(run_dir, self.epochs, enabled=self.dist.is_main)
         self.distill = t.kind == "quantizable"
         self.loss_fn = self.epoch_loss = QuantizableLoss.from_config(cfg.loss)
+        if not self.distill:  # a dedicated model's one mode is plain CE, whatever the joint loss weighs
+            self.loss_fn = self.epoch_loss = dataclasses.replace(self.loss_fn, top_weight=1.0)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")

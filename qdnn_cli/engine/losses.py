@@ -47,6 +47,7 @@ class QuantizableLoss:
     reduction: str = "sum"
     warmup_epochs: float = 0.0  # λ grows linearly from 0 over these epochs (no distillation from an untrained teacher)
     fp_weight: float = 0.0     # μ: consistency of the top mode towards the lower modes' mean prediction
+    top_weight: float = 1.0    # weight of the top (full-precision) mode's CE: its share of the shared weights' step
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -55,12 +56,14 @@ class QuantizableLoss:
             raise ValueError(f"loss.reduction={self.reduction!r} is unknown: choose sum or mean")
         if self.temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
+        if self.top_weight <= 0:
+            raise ValueError(f"loss.top_weight must be > 0, got {self.top_weight}")
 
     @classmethod
     def from_config(cls, loss) -> "QuantizableLoss":
         return cls(bool(loss.consistency), loss.target, float(loss.weight), float(loss.ce_weight),
                    float(loss.temperature), loss.get("reduction", "sum"), float(loss.get("warmup_epochs", 0)),
-                   float(loss.get("fp_weight", 0)))
+                   float(loss.get("fp_weight", 0)), float(loss.get("top_weight", 1)))
 
     def at_epoch(self, epoch: int) -> "QuantizableLoss":
         """The loss of epoch ``epoch`` (0-based): λ and μ ramped over ``warmup_epochs``."""
@@ -88,7 +91,7 @@ class QuantizableLoss:
         """(loss term of this mode, its plain CE) — CE for logging."""
         ce = F.cross_entropy(logits.float(), labels)
         if is_top:
-            return ce, ce
+            return (ce if self.top_weight == 1 else self.top_weight * ce), ce
         loss = self.ce_weight * ce
         if teacher is not None and self.weight:
             loss = loss + self.weight * consistency_kl(logits, teacher, self.temperature)
