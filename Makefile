@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all quickstart bench ddp-smoke device-site device-check clean
+.PHONY: install test test-all quickstart bench ddp-smoke device-site device-data device-check device-table clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,16 @@ device-site: $(STAMP)
 
 device-check:
 	bash scripts/device_check.sh
+
+# The images a small-budget table trains on (45 % of cifar100-dev/train, one subset for
+# every seed) plus val/, as one zip under .gpu/ (ignored by git) for a GPU machine that
+# cannot read ../shared: carry .site and .gpu, then run `make device-table` there.
+DEV_DATA ?= ../shared/data/cifar100-dev
+device-data: $(STAMP)
+	$(BIN)/python scripts/device_data.py pack $(DEV_DATA) .gpu/cifar100-dev --fraction 0.45 --subset-seed 0
+
+device-table:
+	bash scripts/gpu_table.sh
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

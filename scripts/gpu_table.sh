@@ -6,10 +6,11 @@
 # GPU (eager: each tiny ResNet-20 step is launch-bound, so processes overlap well).
 #
 # Before the call, on the CPU machine (the device cannot read ../shared, and carries 64 MiB):
-#   make device-site
-#   python scripts/device_data.py pack ../shared/data/cifar100-dev .gpu/cifar100-dev --fraction 0.45 --subset-seed 0
-# then run it with carry [.site, .gpu]:  OUT=$OUT bash scripts/gpu_table.sh
-# Finished runs are skipped and interrupted ones resume, so carrying RUNS back continues it.
+#   make device-site device-data
+# then run it with carry [.site, .gpu]:  OUT=$OUT bash scripts/gpu_table.sh   (= make device-table)
+# Finished runs are skipped and interrupted ones resume: a second call while the machine
+# is still warm (its ignored runs/ stays) continues the table; so does carrying RUNS back.
+# Run on 2026-11-28 (H200, torch 2.11): experiments/cifar100/README.md has what it gave.
 set -u
 OUT=${OUT:-/tmp/qdnn-gpu-table}
 RUNS=${RUNS:-runs/gpu-fidelity}
