@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data.sources import _decode_cached, _list_classes, _list_files, stratified_subset  # noqa: E402
+from qdnn_cli.data.sources import (IMAGE_SUFFIXES, _decode_cached, _list_classes, _list_files,  # noqa: E402
+                                   stratified_subset)
 
 MANIFEST, STATS, PLACEHOLDER = "train_files.txt", "stats.json", ".placeholder.png"
 
@@ -68,7 +69,8 @@ def fill(dst: Path) -> None:
             z.extractall(dst)
     stats = json.loads((dst / STATS).read_text())
     placeholder = dst / PLACEHOLDER
-    with Image.open(next((dst / stats["val_split"]).rglob("*.png"))) as im:
+    # a PNG under any image name: the loaders decode by content, and never train on it
+    with Image.open(next(p for p in (dst / stats["val_split"]).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) as im:
         size = im.size
     Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(placeholder)
     made = 0

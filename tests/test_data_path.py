@@ -154,3 +154,47 @@ def test_subset_seed_fixes_the_training_subset_across_run_seeds(tmp_path):
     fixed = subset(0, 7)
     assert fixed.shape[0] == 20 and torch.equal(fixed, subset(1, 7))
     assert torch.equal(subset(7, None), fixed)
+
+
+def test_device_data_ships_the_subset_and_rebuilds_the_same_training_data(tmp_path):
+    """scripts/device_data.py: pack the images a run with train_fraction / subset_seed uses,
+    unpack them elsewhere with placeholders for the rest: the run sees the same subset,
+    labels, validation split and normalisation as on the full tree."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from helpers import write_folder_tree
+    from qdnn_cli.data import build_data
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_data.py"
+    full = write_folder_tree(tmp_path / "full", classes=3, per_class=(10, 3), size=8)
+    packed = tmp_path / "ship" / "tree"
+    subprocess.run([sys.executable, str(script), "pack", str(full), str(packed), "--fraction", "0.3",
+                    "--subset-seed", "5"], check=True, capture_output=True)
+    zipped = packed.with_suffix(".zip")
+    assert zipped.is_file() and not packed.exists()
+    moved = tmp_path / "device" / "tree"
+    moved.parent.mkdir()
+    zipped.rename(moved.with_suffix(".zip"))
+    out = subprocess.run([sys.executable, str(script), "fill", str(moved)], check=True, capture_output=True,
+                         text=True).stdout.split()
+    overrides = dict(o.split("=", 1) for o in out)
+    assert overrides["data.subset_seed"] == "5" and overrides["data.train_fraction"] == "0.3"
+    stats = json.loads((moved / "stats.json").read_text())
+    assert stats["shipped_train_images"] == 9 and stats["train_images"] == 30  # 3 of 10 per class
+
+    def data(root, mean=None, std=None):
+        d = OmegaConf.create({"name": "folder", "root": str(root), "train_split": "train", "val_split": "val",
+                              "in_channels": 3, "train_fraction": 0.3, "subset_seed": 5, "crop_padding": 0,
+                              "flip": False, "max_in_memory_size": 64, "mean": mean, "std": std})
+        return build_data(d, 4, 4, torch.device("cpu"), seed=0)
+
+    a, b = data(full), data(moved, stats["mean"], stats["std"])
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.train.labels, b.train.labels)
+    assert torch.equal(a.val.images, b.val.images)
+    (xa, ya), (xb, yb) = next(iter(a.train)), next(iter(b.train))
+    assert torch.allclose(xa, xb) and torch.equal(ya, yb)  # same normalisation too
