@@ -174,16 +174,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_one_line(str(e))) from None
 
 
+def with_schema_defaults(saved) -> DictConfig:
+    """A saved run config completed with the schema's defaults for keys added after it was
+    saved. A new key's schema default is the behaviour older runs had (``quant.weight_scale``
+    none, ``loss.top_weight`` 1); today's defaults live in conf/ and may differ."""
+    from .schema import Config
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    saved = saved if isinstance(saved, dict) else OmegaConf.to_container(saved, resolve=True)
+    return OmegaConf.merge(OmegaConf.create(defaults), saved)
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """``key=value`` overrides onto a saved run config (``qdnn eval``): only keys the run
     has, values parsed as YAML, then the same validation as ``qdnn train``."""
     import yaml
 
-    from .schema import Config
-
-    # a run saved by an older qdnn lacks keys added since: they take today's defaults
-    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
-    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.to_container(cfg, resolve=True))
+    cfg = with_schema_defaults(cfg)  # a run saved by an older qdnn lacks keys added since
     OmegaConf.set_struct(cfg, True)
     for o in overrides:
         if "=" not in o:

@@ -23,7 +23,7 @@ class QuantConfig:
     bit_specific_bn: bool = True
     quantize_first_last: bool = False
     quantize_shortcut: bool = False
-    weight_scale: str = "none"
+    weight_scale: str = "none"  # schema defaults of added keys = the older behaviour; conf/quant/dorefa.yaml sets mean_abs
     weight_max_grad: bool = False
 
 
@@ -37,7 +37,7 @@ class LossConfig:
     reduction: str = "sum"
     warmup_epochs: float = 0.0
     fp_weight: float = 0.0
-    top_weight: float = 1.0
+    top_weight: float = 1.0     # schema defaults of added keys = the older behaviour; conf/ sets 4
 
 
 @dataclass

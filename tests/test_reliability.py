@@ -136,6 +136,24 @@ def test_resume_from_a_run_of_another_model_is_refused(tmp_path):
     assert (run / "metrics.csv").read_text() == before  # nothing lost
 
 
+def test_resuming_a_run_saved_before_a_key_existed_compares_the_old_behaviour(tmp_path):
+    """A run saved by an older qdnn lacks loss.top_weight: it trained with the schema's 1,
+    so today's default 4 is a different loss, refused; asking for 1 resumes it."""
+    import yaml
+
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1")).exit_code == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["loss"].pop("top_weight") == 4.0  # today's default
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    before = (run / "metrics.csv").read_text()
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1"))
+    assert r.exit_code == 2 and "loss.top_weight=1.0" in r.output and "loss.top_weight=4.0" in r.output
+    assert (run / "metrics.csv").read_text() == before  # nothing lost
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "trainer.epochs=1", "loss.top_weight=1"))
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("case,needle", [
     ("missing_root", "does not exist"),
     ("empty_class", "has no images"),

@@ -38,9 +38,13 @@ def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) 
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.exists() or not (Path(run_dir) / "checkpoint.pt").exists():
         return
-    old = _flatten(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
+    from ..config import with_schema_defaults
+
+    # a key the saved run lacks was added later: the run trained with its schema default
+    # (the old behaviour), so a changed default today is a difference too
+    old = _flatten(OmegaConf.to_container(with_schema_defaults(OmegaConf.load(saved_path)), resolve=True))
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    # keys only one side has come from another qdnn version's schema, not from the user
+    # keys only one side has (a removed key; another data family's fields) are not the user's
     diffs = [k for k in sorted(set(old) & set(new))
              if old[k] != new[k] and not k.startswith(RESUMABLE_DIFFERENCES)]
     if extend_epochs and "trainer.epochs" in diffs:
