@@ -119,7 +119,7 @@ def ablate(
 def sweep_bits(
     experiment: str = typer.Argument("cifar100", help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value"),
-    bits: str = typer.Option("2,3,4,8,32", "--bits", help="bit-widths, one dedicated model each"),
+    bits: str = typer.Option("2,3,4,8,32", "--bits", help="bit modes (1-8, 32, or wXaY such as w2a4), one dedicated model each"),
     launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
     nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
@@ -159,7 +159,7 @@ def status(paths: List[Path] = typer.Argument(..., help="a group directory, run 
 def eval_cmd(
     target: Path = typer.Argument(..., help="run directory or checkpoint file"),
     overrides: Optional[List[str]] = typer.Argument(None, help="overrides of the run's config, e.g. data.root=..."),
-    bits: Optional[str] = typer.Option(None, "--bits", help="bit modes to evaluate (default: the trained ones)"),
+    bits: Optional[str] = typer.Option(None, "--bits", help="bit modes to evaluate, e.g. 4,w2a4 (default: the trained ones)"),
     calibrate_bn: int = typer.Option(0, "--calibrate-bn", help="re-estimate BN of untrained modes from N training batches"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -183,6 +183,8 @@ def search(
     seed: int = typer.Option(0, "--seed", help="seed of the search"),
     calibrate_bn: int = typer.Option(10, "--calibrate-bn", help="training batches to re-estimate BN per candidate"),
     search_images: int = typer.Option(2000, "--search-images", help="held-out training-split images to score on"),
+    rerank: int = typer.Option(8, "--rerank", help="re-score the K best on as many other held-out images; "
+                               "the best there wins (0: off)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: beside the checkpoint)"),
 ):
@@ -190,7 +192,7 @@ def search(
     from .runs import search as run_search
 
     run_search(target, overrides or [], budget_bops, budget_size_mb, candidates, seed, calibrate_bn, search_images,
-               device, out)
+               device, out, rerank)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .quant.quantizers import VALID_BITS
+from .quant.modes import BitModeError, parse_mode
 from .schema import register as register_schemas
 
 
@@ -108,6 +108,14 @@ def allowed_names() -> dict[str, tuple]:
     }
 
 
+def _is_mode(value) -> bool:
+    try:
+        parse_mode(value)
+        return True
+    except BitModeError:
+        return False
+
+
 def validate(cfg: DictConfig) -> None:
     """Catch wrong values before any work starts; messages name the key. Types and key
     names are already checked by the schema (``schema.py``) while composing."""
@@ -120,14 +128,17 @@ def validate(cfg: DictConfig) -> None:
     bits = list(cfg.quant.bits)
     if not bits:
         raise ConfigError("quant.bits is empty: give at least one bit mode, e.g. quant.bits=[2,3,4,8,32]")
-    for b in bits:
-        if isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS:
-            raise ConfigError(f"quant.bits contains {b!r}: each bit mode must be 1-8 or 32 (full precision)")
+    try:
+        bits = [parse_mode(b) for b in bits]
+    except BitModeError:
+        bad = next(b for b in bits if not _is_mode(b))
+        raise ConfigError(f"quant.bits contains {bad!r}: each bit mode must be 1-8, 32 (full precision) "
+                          "or wXaY (e.g. w2a4)") from None
     if len(set(bits)) != len(bits):
         raise ConfigError(f"quant.bits has duplicates: {bits}")
     t = cfg.trainer
     if t.kind == "dedicated" and len(bits) != 1:
-        raise ConfigError(f"trainer.kind=dedicated trains one bit-width, but quant.bits={bits}")
+        raise ConfigError(f"trainer.kind=dedicated trains one bit mode, but quant.bits={bits}")
     if t.kind == "quantizable" and cfg.loss.consistency and cfg.loss.target == "fp" and 32 not in bits and len(bits) > 1:
         raise ConfigError(f"loss.target=fp needs full precision (32) in quant.bits={bits}; add 32 or use loss.target=next")
     for key in ("epochs", "batch_size", "eval_batch_size", "sandwich_k", "mixed_k", "log_every", "eval_every"):

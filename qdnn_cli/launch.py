@@ -126,7 +126,7 @@ class TrainJob:
         from .runs import train_one
 
         _, results = train_one(self.experiment, self.overrides, quiet_config=True)
-        return {int(m): r["top1"] for m, r in (results or {}).items()}
+        return {m: r["top1"] for m, r in (results or {}).items()}
 
     def checkpoint(self, *args, **kwargs):
         import submitit

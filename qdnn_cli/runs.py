@@ -28,12 +28,12 @@ def print_config(cfg) -> None:
 def print_results(results: dict, title: str, run_dir: Path | None = None) -> None:
     from rich.table import Table
 
-    from .quant import mode_label
+    from .quant import mode_label, sort_modes
 
     table = Table(title=title)
     for col in ("bit mode", "top-1 %", "top-5 %", "loss"):
         table.add_column(col, justify="right")
-    for m in sorted(results, reverse=True):
+    for m in sort_modes(results, descending=True):
         r = results[m]
         table.add_row(mode_label(m), f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}")
     console.print(table)
@@ -73,15 +73,14 @@ def train_one(experiment: str | None, overrides: list[str], quiet_config: bool =
 
 
 # ----------------------------------------------------------------------------- grids
-def parse_bits(text: str) -> list[int]:
-    from .quant import check_bits
+def parse_bits(text: str) -> list:
+    from .quant import parse_mode
 
     try:
-        bits = [int(b) for b in text.replace(" ", "").split(",") if b]
-        for b in bits:
-            check_bits(b)
+        bits = [parse_mode(b) for b in text.replace(" ", "").split(",") if b]
     except ValueError:
-        raise ValueError(f"--bits {text!r}: give a comma-separated list of bit modes, each 1-8 or 32") from None
+        raise ValueError(f"--bits {text!r}: give a comma-separated list of bit modes, each 1-8, 32 "
+                         "or wXaY (e.g. w2a4)") from None
     if not bits:
         raise ValueError("--bits is empty")
     return bits
@@ -100,7 +99,7 @@ def grid_path(name: str) -> Path:
     return path
 
 
-def load_grid(name: str, bits: list[int] = (), _seen: tuple = ()) -> dict[str, list[str]]:
+def load_grid(name: str, bits: list = (), _seen: tuple = ()) -> dict[str, list[str]]:
     """Variant name -> overrides from ``conf/grid/<name>.yaml`` (or a YAML path):
     ``include`` (other grids first), ``variants`` and ``per_bit`` (one variant per bit
     mode in ``bits``, ``{bits}`` filled in)."""
@@ -178,7 +177,7 @@ def ablate(experiment: str, overrides: list[str], only: str | None, grid: str, l
     return run_group(experiment, variants, group_dir(experiment, overrides, "ablate"), overrides, launcher=launcher)
 
 
-def sweep_bits(experiment: str, overrides: list[str], bits: list[int], launcher=None) -> list[Path]:
+def sweep_bits(experiment: str, overrides: list[str], bits: list, launcher=None) -> list[Path]:
     return run_group(experiment, load_grid("sweep_bits", bits), group_dir(experiment, overrides, "sweep"), overrides,
                      launcher=launcher)
 
@@ -287,7 +286,7 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
         table.add_column(col, justify="right")
     for r in rows:
         bn = f"calibrated ({r['calibration_batches']} batches)" if r["calibrated"] else "trained"
-        label = mode_label(r["mode"]) if isinstance(r["mode"], int) else r["mode"]
+        label = mode_label(r["mode"])
         table.add_row(label, f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.4f}", f"{r['size_mb']:.3f}",
                       f"{r['gbops']:.3f}", bn)
     console.print(table)
@@ -297,7 +296,7 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
 
 # ----------------------------------------------------------------------------- search
 def search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
-           seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None) -> dict:
+           seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None, rerank: int = 8) -> dict:
     """``qdnn search``: per-layer configurations under a budget; prints the validation table."""
     from rich.table import Table
 
@@ -310,7 +309,7 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
     ck = resolve_checkpoint(target, "last")
     with make_progress(console, True) as progress:
         summary = run_search(ck, kind, budget, candidates, seed, calibrate_bn, search_images, device, out,
-                             progress, overrides)
+                             progress, overrides, rerank)
     console.print(f"searched {summary['evaluated']} configurations in {summary['seconds']:.0f} s on "
                   f"{summary['search_slice']}")
     if summary["best"]["origin"].startswith("uniform"):
@@ -333,7 +332,7 @@ def status(paths: list[Path]) -> list[dict]:
 
     from rich.table import Table
 
-    from .quant import mode_label
+    from .quant import mode_label, sort_modes
     from .report.collect import find_runs
 
     runs = find_runs(paths)
@@ -343,7 +342,7 @@ def status(paths: list[Path]) -> list[dict]:
     for r in runs:
         job = r.path / "job.json"
         job_id = json.loads(job.read_text()).get("job_id", "") if job.is_file() else ""
-        top1 = "  ".join(f"{mode_label(m)} {v:.2f}" for m, v in sorted(r.top1.items(), reverse=True))
+        top1 = "  ".join(f"{mode_label(m)} {r.top1[m]:.2f}" for m in sort_modes(r.top1, descending=True))
         rows.append({"run": str(r.path), "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "top1": top1,
                      "job": job_id})
     table = Table(title=f"{len(rows)} runs")

@@ -17,7 +17,8 @@ from omegaconf import MISSING
 
 @dataclass
 class QuantConfig:
-    bits: List[int] = field(default_factory=lambda: [2, 3, 4, 8, 32])
+    # bit modes: ints (w = a bits; 32 = full precision) or "wXaY" strings (qdnn_cli/quant/modes.py)
+    bits: List[Any] = field(default_factory=lambda: [2, 3, 4, 8, 32])
     weight: str = "dorefa"
     act: str = "dorefa"
     bit_specific_bn: bool = True

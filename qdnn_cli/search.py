@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .quant import BitConfig, BitModeError, LayerBits
+from .quant import BitConfig, BitModeError, LayerBits, label_mode, mode_bits, sort_modes
 from .quant.mixed import quantized_layers
+from .quant.modes import act_bits, weight_bits
 
 BUDGET_KINDS = ("bops", "size_mb")
 
@@ -35,81 +36,104 @@ class Candidate:
     bops: float
     top1: float = float("nan")
     top5: float = float("nan")
+    rerank_top1: float = float("nan")  # on the second held-out slice (finalists only)
 
 
 def parse_budget(text: str, kind: str, cost_of_mode) -> float:
-    """``3-bit`` / ``3`` (the cost of uniform 3-bit), or a number (BOPs may end in K/M/G)."""
+    """A mode — ``3-bit`` / ``3`` / ``w2a4``: the cost of every layer at its bits — or a
+    number (BOPs may end in K/M/G)."""
     t = str(text).strip()
-    if t.lower().endswith("-bit") or t.isdigit() and int(t) <= 32:
-        bits = int(t.lower().removesuffix("-bit"))
-        return cost_of_mode(bits)
+    if t.lower().endswith("-bit") or t.isdigit() and int(t) <= 32 or t.lower().startswith("w"):
+        try:
+            return cost_of_mode(label_mode(t))
+        except BitModeError:
+            pass
     scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:].lower(), 1.0) if kind == "bops" else 1.0
     try:
         return float(t[:-1] if scale != 1.0 else t) * scale
     except ValueError:
         raise ValueError(f"budget {text!r}: give a number{' (K/M/G allowed)' if kind == 'bops' else ''} "
-                         "or a uniform mode such as 3-bit") from None
+                         "or a mode such as 3-bit or w2a4") from None
 
 
 class Space:
-    """The configurations of one model: layers × (weight, activation) bits, and their cost."""
+    """The configurations of one model: layers × (weight, activation) bits, and their cost.
+    A choice maps each layer name to ``(w, a)``; weight bits come from the weight bits of
+    the trained modes, activation bits from theirs."""
 
-    def __init__(self, layer_names: list[str], bits: list[int], cost_fn, kind: str, budget: float):
-        self.names, self.bits, self.cost_fn, self.kind, self.budget = layer_names, sorted(bits), cost_fn, kind, budget
+    def __init__(self, layer_names: list[str], w_bits: list[int], a_bits: list[int], cost_fn, kind: str,
+                 budget: float):
+        self.names, self.cost_fn, self.kind, self.budget = layer_names, cost_fn, kind, budget
+        self.w_bits, self.a_bits = sorted(w_bits), sorted(a_bits)
 
     def config(self, choice: dict[str, tuple[int, int]]) -> BitConfig:
-        return BitConfig(LayerBits(self.bits[0], self.bits[0]),
+        return BitConfig(LayerBits(self.w_bits[0], self.a_bits[0]),
                          tuple(sorted((n, LayerBits(*wa)) for n, wa in choice.items())))
 
     def cost(self, choice: dict) -> float:
         c = self.cost_fn(self.config(choice))
         return c["bops"] if self.kind == "bops" else c["size_mb"]
 
-    def uniform(self, b: int) -> dict:
-        return {n: (b, b) for n in self.names}
+    def uniform(self, mode) -> dict:
+        return {n: mode_bits(mode) for n in self.names}
 
-    def _step(self, b: int, d: int) -> int:
-        i = self.bits.index(b) + d
-        return self.bits[min(max(i, 0), len(self.bits) - 1)]
+    def cheapest(self) -> dict:
+        return {n: (self.w_bits[0], self.a_bits[0]) for n in self.names}
+
+    @staticmethod
+    def _step(bits: list[int], b: int, d: int) -> int:
+        i = bits.index(b) + d
+        return bits[min(max(i, 0), len(bits) - 1)]
+
+    def _move(self, wa: tuple[int, int], d: int, rng: random.Random) -> tuple[int, int]:
+        """One step down (d=-1) or up (d=+1) in weight or activation bits, whichever can
+        move; when both can, the larger one goes down (the smaller one up), a tie by coin."""
+        w, a = wa
+        w2, a2 = self._step(self.w_bits, w, d), self._step(self.a_bits, a, d)
+        if w2 == w:
+            return w, a2
+        if a2 == a:
+            return w2, a
+        if w == a:
+            return (w2, a) if rng.random() < 0.5 else (w, a2)
+        return (w2, a) if (w > a) == (d < 0) else (w, a2)
 
     def repair(self, choice: dict, rng: random.Random) -> dict:
-        """Lower random layers' larger bit-width until the configuration fits the budget."""
+        """Lower random layers' bits until the configuration fits the budget."""
         choice = dict(choice)
         while self.cost(choice) > self.budget:
-            lowerable = [n for n in self.names if max(choice[n]) > self.bits[0]]
+            lowerable = [n for n in self.names if choice[n] != (self.w_bits[0], self.a_bits[0])]
             n = rng.choice(lowerable)
-            w, a = choice[n]
-            choice[n] = (self._step(w, -1), a) if (w > a or (w == a and rng.random() < 0.5)) else (w, self._step(a, -1))
+            choice[n] = self._move(choice[n], -1, rng)
         return choice
 
     def fill(self, choice: dict, rng: random.Random, tries: int = 40) -> dict:
-        """Raise random layers' smaller bit-width while the budget allows."""
+        """Raise random layers' bits while the budget allows."""
         choice = dict(choice)
         for _ in range(tries):
             n = rng.choice(self.names)
-            w, a = choice[n]
-            up = (self._step(w, 1), a) if (w < a or (w == a and rng.random() < 0.5)) else (w, self._step(a, 1))
+            up = self._move(choice[n], 1, rng)
             trial = {**choice, n: up}
-            if up != (w, a) and self.cost(trial) <= self.budget:
+            if up != choice[n] and self.cost(trial) <= self.budget:
                 choice = trial
         return choice
 
     def random(self, rng: random.Random) -> dict:
-        return {n: (rng.choice(self.bits), rng.choice(self.bits)) for n in self.names}
+        return {n: (rng.choice(self.w_bits), rng.choice(self.a_bits)) for n in self.names}
 
     def mutate(self, choice: dict, rng: random.Random) -> dict:
         out = dict(choice)
         for n in rng.sample(self.names, max(1, len(self.names) // 8)):
             w, a = out[n]
             d = rng.choice((-1, 1))
-            out[n] = (self._step(w, d), a) if rng.random() < 0.5 else (w, self._step(a, d))
+            out[n] = (self._step(self.w_bits, w, d), a) if rng.random() < 0.5 else (w, self._step(self.a_bits, a, d))
         return out
 
     def crossover(self, a: dict, b: dict, rng: random.Random) -> dict:
         return {n: (a if rng.random() < 0.5 else b)[n] for n in self.names}
 
 
-def search_configs(space: Space, score, candidates: int, seed: int, trained: list[int], on_result=None) -> list[Candidate]:
+def search_configs(space: Space, score, candidates: int, seed: int, trained: list, on_result=None) -> list[Candidate]:
     """Evaluate up to ``candidates`` searched configurations (plus the uniform modes)."""
     rng = random.Random(seed)
     seen: dict[tuple, Candidate] = {}
@@ -181,16 +205,20 @@ def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: st
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"id": i, "origin": c.origin, "size_mb": round(c.size_mb, 5), "gbops": round(c.bops / 1e9, 5),
-             "top1": round(c.top1, 4), "top5": round(c.top5, 4), "within_budget": _cost(space, c) <= space.budget,
-             "config": config_text(c.config)} for i, c in enumerate(cands)]
+             "top1": round(c.top1, 4), "top5": round(c.top5, 4), "rerank_top1": round(c.rerank_top1, 4),
+             "within_budget": _cost(space, c) <= space.budget, "config": config_text(c.config)}
+            for i, c in enumerate(cands)]
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / "search.csv", table.to_csv(index=False))
     front = pareto_front(cands, space.kind)
     ids = [cands.index(c) for c in front]
     atomic_write_text(out_dir / "pareto.csv", table.loc[ids].to_csv(index=False))
     within = [c for c in cands if _cost(space, c) <= space.budget and not c.origin.startswith("uniform")]
-    # nothing but a uniform mode may fit (a budget at the cheapest mode's cost): that is the answer
-    best = max(within or [c for c in cands if _cost(space, c) <= space.budget], key=lambda c: c.top1)
+    reranked = [c for c in within if c.rerank_top1 == c.rerank_top1]
+    if reranked:  # the finalists' scores on images the search never saw decide
+        best = max(reranked, key=lambda c: (c.rerank_top1, c.top1))
+    else:  # nothing but a uniform mode may fit (a budget at the cheapest mode's cost): that is the answer
+        best = max(within or [c for c in cands if _cost(space, c) <= space.budget], key=lambda c: c.top1)
     best.config.save(out_dir / "best.yaml")
     _plot(out_dir / "pareto.png", cands, front, space, title)
     return best
@@ -225,24 +253,38 @@ def _plot(path: Path, cands, front, space: Space, title: str) -> None:
 
 
 def check_budget(space: Space) -> None:
-    cheapest = space.cost(space.uniform(space.bits[0]))
+    cheapest = space.cost(space.cheapest())
     if space.budget < cheapest:
         shown = f"{cheapest / 1e9:.4g} GBOPs" if space.kind == "bops" else f"{cheapest:.4g} MB"
-        raise BitModeError(f"the budget is below the cheapest configuration (every layer w{space.bits[0]}a"
-                           f"{space.bits[0]}: {shown})")
+        raise BitModeError(f"the budget is below the cheapest configuration (every layer w{space.w_bits[0]}a"
+                           f"{space.a_bits[0]}: {shown})")
+
+
+def rerank_finalists(cands: list[Candidate], space: Space, score, k: int) -> list[Candidate]:
+    """Score the ``k`` best searched configurations within budget, and the uniform modes
+    within it, on a second slice: picking the best of many noisy scores on the slice that
+    chose them overstates it (winner's curse); fresh images do not."""
+    within = [c for c in cands if _cost(space, c) <= space.budget]
+    searched = sorted((c for c in within if not c.origin.startswith("uniform")), key=lambda c: -c.top1)[:k]
+    finalists = searched + [c for c in within if c.origin.startswith("uniform")]
+    for c in finalists:
+        c.rerank_top1 = score(c.config)[0]
+    return finalists
 
 
 def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: int, calibrate: int,
-               search_images: int, device_name: str, out_dir: Path | None, progress=None, overrides=()) -> dict:
-    """The whole command: load, search on the held-out slice, write files, then evaluate
-    the best configuration and the uniform modes on the validation split."""
+               search_images: int, device_name: str, out_dir: Path | None, progress=None, overrides=(),
+               rerank: int = 0) -> dict:
+    """The whole command: load, search on the held-out slice (re-rank the ``rerank`` best
+    on a second one), write files, then evaluate the best configuration and the uniform
+    modes on the validation split."""
     from .data import build_data, build_holdout
     from .engine.evaluation import bn_state, calibrate_bn, evaluate, load_bn_state, load_checkpoint_model, run_costs
 
     if kind not in BUDGET_KINDS:
         raise ValueError(f"budget kind {kind!r}: choose bops or size_mb")
-    if candidates < 1 or calibrate < 1 or search_images < 1:
-        raise ValueError("--candidates, --calibrate-bn and --search-images must be positive")
+    if candidates < 1 or calibrate < 1 or search_images < 1 or rerank < 0:
+        raise ValueError("--candidates, --calibrate-bn and --search-images must be positive, --rerank >= 0")
     run = load_checkpoint_model(ckpt, set(), list(overrides), device_name)
     model, cfg, trained = run.model, run.cfg, run.trained
     if len(trained) < 2:
@@ -250,11 +292,12 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     cost_fn = lambda c: run_costs(run, c)  # noqa: E731
     key = "bops" if kind == "bops" else "size_mb"
     budget = parse_budget(budget_text, kind, lambda b: run_costs(run, b)[key])
-    space = Space(list(quantized_layers(model)), trained, cost_fn, kind, budget)
+    space = Space(list(quantized_layers(model)), weight_bits(trained), act_bits(trained), cost_fn, kind, budget)
     check_budget(space)
     t = cfg.trainer
-    calib, slice_, described = build_holdout(cfg.data, int(cfg.seed), int(t.batch_size), int(t.eval_batch_size),
-                                             run.device, search_images)
+    calib, slice_, rerank_slice, described = build_holdout(cfg.data, int(cfg.seed), int(t.batch_size),
+                                                           int(t.eval_batch_size), run.device, search_images,
+                                                           search_images if rerank else 0)
     base = bn_state(model)
 
     def score(config: BitConfig, loader=slice_) -> tuple[float, float]:
@@ -265,6 +308,7 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
 
     started = time.perf_counter()
     task = progress.add_task("search", total=candidates + len(trained), info="") if progress else None
+    n_finalists = 0
     best_seen = [float("-inf")]
 
     def on_result(c: Candidate) -> None:
@@ -274,6 +318,10 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
             progress.update(task, advance=1, info=f"best in budget {best_seen[0]:.2f} %")
 
     cands = search_configs(space, score, candidates, seed, trained, on_result)
+    if rerank_slice is not None:
+        if progress:
+            progress.update(task, description="re-rank", info=f"{rerank} best on a second slice")
+        n_finalists = len(rerank_finalists(cands, space, lambda c: score(c, rerank_slice), rerank))
     out_dir = out_dir or ckpt.parent / f"search-{kind}-{budget_text}-{time.strftime('%Y%m%d-%H%M%S')}"
     best = write_outputs(out_dir, cands, space, f"{cfg.name}, {kind} <= {budget_text}: top-1 on "
                          f"{described.split(',')[0]} held-out training images")
@@ -282,7 +330,7 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
             **_val(score(best.config, data.val)), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
     as_trained = evaluate(model, data.val, trained)
-    for b in sorted(trained, reverse=True):
+    for b in sort_modes(trained, descending=True):
         c = run_costs(run, b)
         val.append({"setting": f"uniform {b}", "config": "", "bn": "trained", **_val(
             (as_trained[b]["top1"], as_trained[b]["top5"])), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
@@ -293,8 +341,10 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     write_csv(out_dir / "val.csv", [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in val])
     summary = {"checkpoint": str(ckpt), "budget_kind": kind, "budget": budget_text, "budget_value": budget,
                "candidates": candidates, "seed": seed, "calibration_batches": calibrate, "search_slice": described,
+               "reranked": n_finalists,
                "evaluated": len(cands), "seconds": round(time.perf_counter() - started, 1),
                "best": {"config": best.config.to_dict(), "origin": best.origin, "search_top1": best.top1,
+                        "rerank_top1": None if best.rerank_top1 != best.rerank_top1 else best.rerank_top1,
                         "gbops": best.bops / 1e9, "size_mb": best.size_mb}, "val": val}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     summary["out_dir"] = str(out_dir)

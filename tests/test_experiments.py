@@ -45,7 +45,7 @@ def test_sweep_bits_trains_one_dedicated_model_per_bit(tmp_path):
 
 def test_sweep_rejects_bad_bits(tmp_path):
     r = qdnn("sweep-bits", "quickstart", "--bits", "0,4", *tiny_overrides(tmp_path / "s"))
-    assert r.exit_code == 2 and "1-8 or 32" in r.output
+    assert r.exit_code == 2 and "each 1-8, 32 or wXaY" in r.output
 
 
 # ----------------------------------------------------------------------------- report fixtures

@@ -55,7 +55,7 @@ def test_config_errors_name_the_problem():
     net = _resnet()
     with pytest.raises(BitModeError, match="unknown layer 'layer9.conv'"):
         set_bit_config(net, {"default": 4, "layers": {"layer9.conv": "w2a2"}})
-    with pytest.raises(BitModeError, match=r"bit-widths \[5\] are not modes of this model"):
+    with pytest.raises(BitModeError, match=r"weight bit-widths \[5\] are not in this model's modes"):
         set_bit_config(net, {"default": "w5a4"})
     with pytest.raises(BitModeError, match="not a bit setting"):
         LayerBits.parse("w2b4")
@@ -200,3 +200,36 @@ def test_a_budget_only_the_lowest_uniform_mode_fits_answers_with_that_mode(train
     assert "the best is the uniform 2 mode" in r.output
     assert BitConfig.load(tmp_path / "low" / "best.yaml") == BitConfig(LayerBits(2, 2), (("conv2", LayerBits(2, 2)),
                                                                                         ("conv3", LayerBits(2, 2))))
+
+
+def test_rerank_scores_the_best_on_a_second_slice_and_picks_there(trained_run, tmp_path):
+    r = qdnn("search", trained_run, "--budget-bops", "4-bit", "--candidates", "6", "--calibrate-bn", "1",
+             "--search-images", "20", "--rerank", "3", "--seed", "0", "--device", "cpu", "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    rows = read_csv(tmp_path / "r" / "search.csv")
+    searched = [x for x in rows if not x["origin"].startswith("uniform") and x["rerank_top1"] != ""]
+    in_budget_uniform = [x for x in rows if x["origin"].startswith("uniform") and x["within_budget"] == "True"]
+    assert len(searched) == 3 and in_budget_uniform and all(x["rerank_top1"] != "" for x in in_budget_uniform)
+    # the finalists are the three best on the search slice
+    ranked = sorted((x for x in rows if not x["origin"].startswith("uniform")), key=lambda x: -float(x["top1"]))
+    assert {x["id"] for x in searched} == {x["id"] for x in ranked[:3]} or \
+        float(ranked[2]["top1"]) == float(ranked[3]["top1"])  # a tie at the cut
+    winner = max(searched, key=lambda x: (float(x["rerank_top1"]), float(x["top1"])))
+    assert BitConfig.load(tmp_path / "r" / "best.yaml") == BitConfig.from_dict(_config_dict(winner["config"]))
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["reranked"] == 3 + len(in_budget_uniform) and "re-ranked on" in summary["search_slice"]
+
+
+def test_the_rerank_slice_shares_no_image_with_the_search_slice_or_the_training_subset():
+    from omegaconf import OmegaConf
+
+    from qdnn_cli.config import compose
+    from qdnn_cli.data import build_holdout
+
+    cfg = compose("quickstart", tiny_overrides("unused", "data.train_fraction=0.5"))
+    calib, first, second, what = build_holdout(cfg.data, 0, 16, 16, torch.device("cpu"), 20, 20)
+    rows = lambda b: {tuple(img.flatten().tolist()) for img in b.images}  # noqa: E731
+    assert len(rows(first)) >= 19 and len(rows(second)) >= 19
+    assert not rows(first) & rows(second)
+    assert not (rows(first) | rows(second)) & rows(calib)
+    assert OmegaConf.select(cfg, "data.train_fraction") == 0.5 and "re-ranked on" in what

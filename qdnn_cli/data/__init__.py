@@ -102,12 +102,13 @@ def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, s
 
 
 def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: torch.device,
-                  n_images: int) -> tuple[TensorBatches, TensorBatches, str]:
+                  n_images: int, n_rerank: int = 0) -> tuple[TensorBatches, TensorBatches, TensorBatches | None, str]:
     """For post-training searches: (training batches as in training, for BN
     re-calibration; a held-out slice of the *training split* of about ``n_images``,
-    stratified; what the slice is). The slice is the part of the training split the run
-    did not train on (``data.train_fraction`` < 1); with the whole split trained on, it
-    is a slice of the training images themselves, and the description says so. The
+    stratified; a second slice of about ``n_rerank`` images disjoint from the first, or
+    None; what the slices are). The slices are the part of the training split the run
+    did not train on (``data.train_fraction`` < 1); with the whole split trained on, they
+    are slices of the training images themselves, and the description says so. The
     validation split is never touched."""
     src = load_source(d, seed)
     if not src.in_memory:
@@ -127,9 +128,22 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
     aug = Augment(int(d.get("crop_padding", 0)), bool(d.get("flip", False)))
     calib = TensorBatches(src.train.images[trained], labels[trained], batch_size, src.mean, src.std, device,
                           shuffle=True, augment=aug, seed=seed)
-    search = TensorBatches(src.train.images[idx], labels[idx], eval_batch_size, src.mean, src.std, device,
-                           shuffle=False)
-    return calib, search, f"{len(idx)} images, {what}"
+
+    def batches(i):
+        return TensorBatches(src.train.images[i], labels[i], eval_batch_size, src.mean, src.std, device, shuffle=False)
+
+    rerank, described = None, f"{len(idx)} images, {what}"
+    if n_rerank > 0:
+        left = torch.ones(len(labels), dtype=torch.bool)
+        left[trained] = fraction == 1  # the whole split trained on: any image not in the first slice
+        left[idx] = False
+        rest2 = left.nonzero().squeeze(1)
+        if len(rest2) == 0:
+            raise DataError("no training-split images are left for a second (re-ranking) slice: lower --search-images")
+        idx2 = rest2[stratified_subset(labels[rest2], min(1.0, n_rerank / len(rest2)), seed + 2)]
+        rerank = batches(idx2)
+        described += f"; re-ranked on {len(idx2)} other images"
+    return calib, batches(idx), rerank, described
 
 
 __all__ = ["build_data", "build_holdout", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",

@@ -18,14 +18,15 @@ from omegaconf import OmegaConf
 
 from ..data import build_data
 from ..models import build_model
-from ..quant import BitConfig, BitModeError, BitSpecificBN, QuantSpec
+from ..quant import BitConfig, BitModeError, BitSpecificBN, QuantSpec, model_modes, parse_mode, sort_modes
 from ..quant.calibrate import mark_calibrated
 from ..quant.mixed import apply_bits, check_config
+from ..quant.modes import act_bits, mode_from_code, nearest_mode, weight_bits
 from .checkpoint import safe_load
 from .device import resolve_device
 from .step import topk_correct
 
-_MODE_KEY = re.compile(r"\.(bn|alpha|step)\.(\d+|shared)(\.|$)")
+_MODE_KEY = re.compile(r"\.(bn|alpha|step)\.(\d+|w\d+a\d+|shared)(\.|$)")
 
 
 @torch.no_grad()
@@ -55,31 +56,35 @@ def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx=None
     return out
 
 
-def _nearest(mode: int, trained: list[int]) -> int:
-    return min(trained, key=lambda t: (abs(t - mode), -t))
-
-
-def expand_state(state: dict, trained: list[int], modes: list[int]) -> dict:
-    """Map a checkpoint's per-mode (or shared) entries onto ``modes``."""
-    out = {}
+def expand_state(state: dict, target_keys) -> dict:
+    """The checkpoint's ``state`` mapped onto ``target_keys`` (the state dict keys of the
+    model being loaded, built for the trained modes plus any others): a per-mode BN of a
+    mode the checkpoint lacks starts from the nearest trained mode's, a shared-BN run's one
+    BN fills every mode's, a PACT clip level of untrained bits starts from the nearest
+    trained bits', and an LSQ step of untrained bits is zero (set again from data)."""
+    out, slots = {}, {}
     for k, v in state.items():
         if k.startswith("_qdnn."):
             continue
         m = _MODE_KEY.search(k)
-        if not m:
+        if m:  # slot: the same entry across modes, e.g. layer1.0.bn1.bn.<mode>.weight
+            slots.setdefault((k[:m.start(2)], k[m.end(2):]), {})[m.group(2)] = v
+        else:
             out[k] = v
-            continue
-        src = m.group(2)
-        for mode in modes:
-            if src == "shared":
-                take = True
-            else:
-                take = int(src) == (mode if mode in trained else _nearest(mode, trained))
-            if take:
-                new_key = k[:m.start(2)] + str(mode) + k[m.end(2):]
-                if m.group(1) == "step" and mode not in trained:
-                    v = torch.zeros_like(v)  # LSQ: re-initialise the step from data
-                out[new_key] = v
+    for k in target_keys:
+        m = _MODE_KEY.search(k)
+        slot = slots.get((k[:m.start(2)], k[m.end(2):])) if m else None
+        if not slot:
+            continue  # not per mode (copied above), or absent: load_state_dict names it
+        want = m.group(2)
+        if want in slot:
+            out[k] = slot[want]
+        elif "shared" in slot:
+            out[k] = slot["shared"]
+        elif m.group(1) == "step":
+            out[k] = torch.zeros_like(next(iter(slot.values())))
+        else:
+            out[k] = slot[str(nearest_mode(parse_mode(want), [parse_mode(c) for c in slot]))]
     return out
 
 
@@ -106,10 +111,10 @@ def calibrate_bn(model, loader, mode: int, batches: int) -> int:
     return seen
 
 
-def quant_spec(cfg, modes: tuple[int, ...] | None = None, bit_specific_bn: bool | None = None) -> QuantSpec:
+def quant_spec(cfg, modes: tuple | None = None, bit_specific_bn: bool | None = None) -> QuantSpec:
     """The QuantSpec of a run's ``quant`` config (its own modes unless ``modes`` is given)."""
     q = cfg.quant
-    return QuantSpec(tuple(int(b) for b in (modes or q.bits)), q.weight, q.act,
+    return QuantSpec(tuple(parse_mode(b) for b in (modes or q.bits)), q.weight, q.act,
                      bool(q.bit_specific_bn if bit_specific_bn is None else bit_specific_bn),
                      bool(q.quantize_first_last), bool(q.quantize_shortcut), q.get("weight_scale", "none"),
                      bool(q.get("weight_max_grad", False)))
@@ -120,27 +125,29 @@ class LoadedRun:
     model: torch.nn.Module
     cfg: object          # the run's config, with overrides applied
     checkpoint: dict
-    trained: list[int]   # modes the checkpoint trained
+    trained: list        # modes the checkpoint trained, in cost order
     device: torch.device
 
 
-def load_checkpoint_model(ckpt_path, modes: set[int], overrides: list[str] = (),
-                          device_name: str = "auto") -> LoadedRun:
-    """The checkpoint's model, built for its trained modes plus ``modes``; a mode it never
-    trained starts from the nearest trained mode's BN (re-calibrate before trusting it)."""
+def load_checkpoint_model(ckpt_path, modes: set, overrides: list[str] = (),
+                          device_name: str = "auto", config: BitConfig | None = None) -> LoadedRun:
+    """The checkpoint's model, built for its trained modes plus ``modes`` (plus what
+    ``config`` needs: :func:`config_extra_modes`); a mode it never trained starts from the
+    nearest trained mode's BN (re-calibrate before trusting it)."""
     from ..config import apply_overrides
 
     ck = safe_load(ckpt_path)
     if "model" not in ck or "config" not in ck:
         raise BitModeError(f"{ckpt_path} is not a qdnn training checkpoint (no model/config entries)")
     cfg = apply_overrides(OmegaConf.create(ck["config"]), list(overrides))
-    trained = sorted(int(b) for b in ck["model"]["_qdnn.bit_modes"].tolist())
+    trained = sort_modes(mode_from_code(c) for c in ck["model"]["_qdnn.bit_modes"].tolist())
+    modes = set(modes) | (config_extra_modes(config, trained) if config is not None else set())
     # per-mode BNs even for a shared-BN run: expand_state copies the shared one into each
-    spec = quant_spec(cfg, tuple(sorted(set(modes) | set(trained))), bit_specific_bn=True)
+    spec = quant_spec(cfg, tuple(sort_modes(set(modes) | set(trained))), bit_specific_bn=True)
     device = resolve_device(device_name)
     model = build_model(ck["model_name"], spec, int(ck["num_classes"]), int(ck["in_channels"]),
                         **dict(cfg.model.get("kwargs") or {}))
-    state = expand_state(ck["model"], trained, list(spec.modes))
+    state = expand_state(ck["model"], model.state_dict().keys())
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BitModeError(f"{ckpt_path} does not fit the {ck['model_name']} it names "
@@ -159,11 +166,17 @@ def run_costs(run: LoadedRun, setting) -> dict:
         run.__dict__[key] = layer_costs(dict(run.cfg.model), dict(run.cfg.quant), int(ck["num_classes"]),
                                         int(ck["in_channels"]), int(ck["image_size"]))
     layers, other = run.__dict__[key]
-    cfg = setting if isinstance(setting, BitConfig) else BitConfig.uniform(int(setting))
+    cfg = setting if isinstance(setting, BitConfig) else BitConfig.uniform(setting)
     return config_cost(layers, other, cfg)
 
 
-def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overrides: list[str] = (),
+def config_extra_modes(config: BitConfig, trained) -> set:
+    """Uniform modes to add to a model so it has the quantizer bit-widths ``config`` uses
+    that no trained mode has (their BN statistics need re-calibration)."""
+    return (config.weight_bits() - set(weight_bits(trained))) | (config.act_bits() - set(act_bits(trained)))
+
+
+def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides: list[str] = (),
                         device_name: str = "auto", config: BitConfig | None = None,
                         config_name: str = "config") -> tuple[list[dict], dict]:
     """Rows of (mode, top-1, top-5, loss, size, BOPs, trained, calibrated) for a checkpoint:
@@ -171,11 +184,11 @@ def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overr
     statistics are re-estimated from ``calibrate`` training batches when that is given.
     ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config and
     are validated as ``qdnn train`` validates its own."""
-    extra = set(bits or []) | (config.all_bits() if config is not None else set())
-    run = load_checkpoint_model(ckpt_path, extra, overrides, device_name)
+    bits = [parse_mode(b) for b in bits] if bits else None
+    run = load_checkpoint_model(ckpt_path, set(bits or []), overrides, device_name, config)
     model, cfg, trained = run.model, run.cfg, run.trained
-    modes = sorted(set(bits or trained))  # with a configuration too: the uniform modes beside it
-    untrained = sorted(b for b in extra if b not in trained)
+    modes = sort_modes(set(bits or trained))  # with a configuration too: the modes beside it
+    untrained = [m for m in model_modes(model) if m not in trained]
     if untrained and calibrate <= 0:
         raise BitModeError(
             f"bit modes {untrained} were never trained in this model (trained: {trained}); "
@@ -191,7 +204,7 @@ def evaluate_checkpoint(ckpt_path, bits: list[int] | None, calibrate: int, overr
     calibrated = {m: calibrate_bn(model, data.train, m, calibrate) for m in modes if m not in trained}
     results = evaluate(model, data.val, modes)
     rows = []
-    for m in sorted(modes, reverse=True):
+    for m in sort_modes(modes, descending=True):
         rows.append(_row(m, results[m], run_costs(run, m), m in trained, calibrated.get(m)))
     if config is not None:
         before = bn_state(model)

@@ -22,7 +22,7 @@ class TensorBoardLogger:
 
     def log_epoch(self, epoch: int, rows: list[dict]) -> None:
         for r in rows:
-            label = mode_label(r["mode"]) if isinstance(r["mode"], int) else str(r["mode"])
+            label = str(r["mode"]) if r["mode"] == "mixed" else mode_label(r["mode"])
             for metric in ("loss", "top1", "top5"):
                 self.writer.add_scalar(f"{r['split']}/{metric}/{label}", float(r[metric]), epoch)
             if r["split"] == "train":

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import TensorBatches, build_data
 from ..models import build_model, load_torchvision_weights
-from ..quant import load_quantizable_state_dict, quantizable_state_dict
+from ..quant import load_quantizable_state_dict, quantizable_state_dict, sort_modes
 from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
 from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
@@ -102,7 +102,7 @@ class Trainer:
         streamed = not isinstance(self.data.train, TensorBatches)  # large-image folders stream from disk
         self.checkpoint_seconds = 60 * float(every if every is not None else (30 if streamed else 0))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
-        self.modes_desc = sorted(self.spec.modes, reverse=True)
+        self.modes_desc = sort_modes(self.spec.modes, descending=True)
         self.layer_names = list(quantized_layers(self.model))
         self._compile()
         d = self.data
@@ -295,7 +295,7 @@ class Trainer:
             _, per_mode = mode_losses(self.model, x, y, modes, self.epoch_loss, self.distill, self.forward,
                                       self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer)
         for m, (ce, top1, top5) in per_mode.items():
-            stats.add(m if isinstance(m, int) else "mixed", ce, top1, top5, y.numel())
+            stats.add(m if isinstance(m, (int, str)) else "mixed", ce, top1, top5, y.numel())
         self.dist.average_gradients(self.model.parameters())
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)

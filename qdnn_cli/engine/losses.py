@@ -80,7 +80,7 @@ class QuantizableLoss:
         if not self.consistency or not self.weight or mode == modes_desc[0]:
             return None
         i = list(modes_desc).index(mode)
-        if self.target == "fp" or not isinstance(mode, int):  # a mixed configuration learns from the top mode
+        if self.target == "fp" or not isinstance(mode, (int, str)):  # a mixed configuration learns from the top mode
             return logits_by_mode[modes_desc[0]]
         if self.target == "next":
             return logits_by_mode[modes_desc[i - 1]]

@@ -1,7 +1,7 @@
 """What a run shows on the terminal: a progress bar per epoch and one line per epoch."""
 from __future__ import annotations
 
-from ..quant import mode_label
+from ..quant import mode_label, sort_modes
 
 
 class _NoProgress:
@@ -33,8 +33,9 @@ def make_progress(console, enabled: bool):
 
 def epoch_line(epoch: int, epochs: int, ev: dict | None, stats, seconds: float) -> str:
     if ev is None:  # not an evaluation epoch (trainer.eval_every): show training loss
-        order = sorted((m for m in stats.loss if isinstance(m, int)), reverse=True) + (["mixed"] if "mixed" in stats.loss else [])
-        cells = "  ".join(f"{mode_label(m) if isinstance(m, int) else m} {stats.mean_loss(m):.3f}" for m in order)
+        order = sort_modes((m for m in stats.loss if m != "mixed"), descending=True) + \
+            (["mixed"] if "mixed" in stats.loss else [])
+        cells = "  ".join(f"{mode_label(m) if m != 'mixed' else m} {stats.mean_loss(m):.3f}" for m in order)
         return f"epoch {epoch}/{epochs}  train loss: {cells}  ({seconds:.1f}s train)"
-    cells = "  ".join(f"{mode_label(m)} {r['top1']:.2f}" for m, r in sorted(ev.items(), reverse=True))
+    cells = "  ".join(f"{mode_label(m)} {ev[m]['top1']:.2f}" for m in sort_modes(ev, descending=True))
     return f"epoch {epoch}/{epochs}  val top-1: {cells}  ({seconds:.1f}s train)"

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from ..quant.modes import parse_mode
+
 METRIC_FIELDS = ["epoch", "mode", "split", "loss", "top1", "top5", "lr", "images", "seconds", "images_per_s",
                  "epoch_seconds", "data_time_share", "peak_mem_mb"]
 RESULT_FIELDS = ["mode", "top1", "top5", "loss", "best_top1", "epochs"]
@@ -95,14 +97,14 @@ class RunFiles:
                               csv_text(METRIC_FIELDS, [{k: r.get(k, "") for k in METRIC_FIELDS} for r in rows]))
         return rows
 
-    def results(self, final: dict, history: list[dict], modes_desc: list[int]) -> None:
+    def results(self, final: dict, history: list[dict], modes_desc: list) -> None:
         """``results.csv``: last evaluation per mode, and each mode's best top-1 over epochs."""
         if not self.enabled:
             return
-        best: dict[int, float] = {}
+        best: dict = {}
         for r in history:
             if r["split"] == "val":
-                m = int(r["mode"])
+                m = parse_mode(r["mode"])
                 best[m] = max(best.get(m, 0.0), float(r["top1"]))
         rows = [{"mode": m, "top1": round(final[m]["top1"], 4), "top5": round(final[m]["top5"], 4),
                  "loss": round(final[m]["loss"], 6), "best_top1": round(best.get(m, final[m]["top1"]), 4),
@@ -116,12 +118,12 @@ def last_eval(history: list[dict]) -> dict | None:
     if not val:
         return None
     last = max(int(r["epoch"]) for r in val)
-    return {int(r["mode"]): {"loss": float(r["loss"]), "top1": float(r["top1"]), "top5": float(r["top5"])}
+    return {parse_mode(r["mode"]): {"loss": float(r["loss"]), "top1": float(r["top1"]), "top5": float(r["top5"])}
             for r in val if int(r["epoch"]) == last}
 
 
 def train_rows(epoch: int, stats, mode_seconds: dict, seen_total: dict, lr: float, train_s: float,
-               data_share: float, images_per_s: float, peak_mb: float, modes_desc: list[int]) -> list[dict]:
+               data_share: float, images_per_s: float, peak_mb: float, modes_desc: list) -> list[dict]:
     """metrics.csv rows of one epoch's training, one per mode trained. A mode's images/s
     comes from its own forward+backward seconds where those were timed."""
     rows = []
@@ -141,7 +143,7 @@ def train_rows(epoch: int, stats, mode_seconds: dict, seen_total: dict, lr: floa
 
 
 def val_rows(epoch: int, ev: dict, lr: float, num_val: int, eval_s: float, peak_mb: float,
-             modes_desc: list[int]) -> list[dict]:
+             modes_desc: list) -> list[dict]:
     return [{"epoch": epoch, "mode": m, "split": "val", "loss": round(ev[m]["loss"], 6),
              "top1": round(ev[m]["top1"], 4), "top5": round(ev[m]["top5"], 4), "lr": lr, "images": num_val,
              "seconds": round(eval_s, 4), "images_per_s": round(num_val * len(ev) / max(eval_s, 1e-9), 2),

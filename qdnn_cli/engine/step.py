@@ -18,6 +18,7 @@ import torch
 
 from ..quant import BitConfig, LayerBits
 from ..quant.mixed import apply_bits
+from ..quant.modes import act_bits, weight_bits
 from .losses import QuantizableLoss
 
 
@@ -32,10 +33,12 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.T
 MODE_SAMPLING = ("all", "sandwich", "mixed")
 
 
-def random_config(layer_names: list[str], modes: list[int], gen: random.Random) -> BitConfig:
-    """Every quantized layer gets a weight and an activation bit-width drawn from ``modes``."""
-    return BitConfig(LayerBits(min(modes), min(modes)),
-                     tuple((n, LayerBits(gen.choice(modes), gen.choice(modes))) for n in layer_names))
+def random_config(layer_names: list[str], modes: list, gen: random.Random) -> BitConfig:
+    """Every quantized layer gets a weight bit-width drawn from those of ``modes`` and an
+    activation bit-width drawn from theirs."""
+    w_bits, a_bits = weight_bits(modes), act_bits(modes)
+    return BitConfig(LayerBits(w_bits[0], a_bits[0]),
+                     tuple((n, LayerBits(gen.choice(w_bits), gen.choice(a_bits))) for n in layer_names))
 
 
 def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) -> list[int]:

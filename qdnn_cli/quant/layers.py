@@ -1,8 +1,9 @@
 """Quantized layers, Bit-Specific BatchNorm and bit-mode switching.
 
-Each switchable layer holds its own current mode in ``self.bits`` (an int), set by
-:func:`set_bit_mode`. Layers read nothing global. Switching walks a list of switchable
-layers cached on the model once, so calling it per batch costs microseconds.
+Each switchable layer holds its own current weight and activation bits (``w_bits``,
+``a_bits``; a Bit-Specific BN its mode), set by :func:`set_bit_mode`. Layers read
+nothing global. Switching walks a list of switchable layers cached on the model once,
+so calling it per batch costs microseconds.
 """
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import ACT_QUANTIZERS, FULL_PRECISION, WEIGHT_QUANTIZERS, check_bits
-
-
-class BitModeError(ValueError):
-    """Asked for a bit mode the model was not built with, or mismatched checkpoints."""
+from .modes import (BitModeError, Mode, act_bits, mode_bits, mode_code, mode_from_code, parse_mode, sort_modes,
+                    weight_bits)
+from .quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How a model is quantized. Built from the ``quant`` config group."""
+    """How a model is quantized. Built from the ``quant`` config group. ``modes`` are
+    ints (uniform bits) or ``wXaY`` strings (:mod:`.modes`), kept in cost order."""
 
-    modes: tuple[int, ...] = (2, 3, 4, 8, 32)
+    modes: tuple[Mode, ...] = (2, 3, 4, 8, 32)
     weight: str = "dorefa"
     act: str = "dorefa"
     bit_specific_bn: bool = True
@@ -36,45 +36,49 @@ class QuantSpec:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        modes = tuple(int(b) for b in self.modes)
+        modes = tuple(parse_mode(b) for b in self.modes)
         if not modes:
             raise BitModeError("quant.bits is empty: give at least one bit mode, e.g. [2,3,4,8,32]")
-        for b in modes:
-            check_bits(b)
         if len(set(modes)) != len(modes):
             raise BitModeError(f"quant.bits has duplicates: {list(modes)}")
         for kind, name, registry in (("weight", self.weight, WEIGHT_QUANTIZERS), ("act", self.act, ACT_QUANTIZERS)):
             if name not in registry:
                 raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(registry)}")
-        object.__setattr__(self, "modes", tuple(sorted(modes)))
+        object.__setattr__(self, "modes", tuple(sort_modes(modes)))
+
+    @property
+    def weight_bits(self) -> tuple[int, ...]:
+        return tuple(weight_bits(self.modes))
+
+    @property
+    def act_bits(self) -> tuple[int, ...]:
+        return tuple(act_bits(self.modes))
 
 
 class _Switchable:
-    """Mixin marker: a module with ``bits`` and ``modes`` attributes."""
+    """Mixin marker: a module with a ``modes`` attribute that :func:`set_bit_mode` switches."""
 
-    bits: int
-    modes: tuple[int, ...]
+    modes: tuple[Mode, ...]
 
 
 class QConv2d(nn.Conv2d, _Switchable):
     """Conv2d whose weights and *input* activations follow the current bit mode.
 
     ``quantize=False`` keeps it full precision in every mode (first conv, shortcuts).
-    ``w_bits`` / ``a_bits`` are the weight and input-activation bits in use: both equal
-    the bit mode under :func:`set_bit_mode`; a mixed configuration (:mod:`.mixed`) sets
-    them per layer and separately.
+    ``w_bits`` / ``a_bits`` are the weight and input-activation bits in use: the mode's
+    under :func:`set_bit_mode`; a mixed configuration (:mod:`.mixed`) sets them per layer.
     """
 
     def __init__(self, in_ch, out_ch, kernel_size, spec: QuantSpec, stride=1, padding=0,
                  bias=False, quantize=True, quantize_input=True, groups=1):
         super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups)
         self.modes = spec.modes
-        self.bits = self.w_bits = self.a_bits = max(spec.modes)
+        self.w_bits, self.a_bits = mode_bits(spec.modes[-1])
         self.quantize = quantize
         self.quantize_input = quantize and quantize_input
-        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale,
+        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.weight_bits, scale=spec.weight_scale,
                                                             max_grad=spec.weight_max_grad) if quantize else None)
-        self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if self.quantize_input else None
+        self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if self.quantize_input else None
 
     def forward(self, x):
         if not self.quantize:
@@ -88,12 +92,12 @@ class QLinear(nn.Linear, _Switchable):
     def __init__(self, in_f, out_f, spec: QuantSpec, bias=True, quantize=True):
         super().__init__(in_f, out_f, bias=bias)
         self.modes = spec.modes
-        self.bits = self.w_bits = self.a_bits = max(spec.modes)
+        self.w_bits, self.a_bits = mode_bits(spec.modes[-1])
         self.quantize = quantize
         self.quantize_input = quantize
-        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.modes, scale=spec.weight_scale,
+        self.weight_quant = (WEIGHT_QUANTIZERS[spec.weight](spec.weight_bits, scale=spec.weight_scale,
                                                             max_grad=spec.weight_max_grad) if quantize else None)
-        self.act_quant = ACT_QUANTIZERS[spec.act](spec.modes) if quantize else None
+        self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if quantize else None
 
     def forward(self, x):
         if not self.quantize:
@@ -102,7 +106,7 @@ class QLinear(nn.Linear, _Switchable):
 
 
 class BitSpecificBN(nn.Module, _Switchable):
-    """One BatchNorm per bit mode (``bn["4"]``), or one shared BN (``shared=True``).
+    """One BatchNorm per bit mode (``bn["4"]``, ``bn["w2a4"]``), or one shared BN (``shared=True``).
 
     The keys are strings because ``nn.ModuleDict`` needs them; the checkpoint therefore
     reads ``...bn.4.running_mean`` — self-describing when modes differ.
@@ -111,16 +115,16 @@ class BitSpecificBN(nn.Module, _Switchable):
     def __init__(self, channels: int, spec: QuantSpec, dim: int = 2):
         super().__init__()
         self.modes = spec.modes
-        self.bits = max(spec.modes)
+        self.mode = spec.modes[-1]
         self.shared = not spec.bit_specific_bn
         bn_cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
-        keys = ["shared"] if self.shared else [str(b) for b in spec.modes]
+        keys = ["shared"] if self.shared else [str(m) for m in spec.modes]
         self.bn = nn.ModuleDict({k: bn_cls(channels) for k in keys})
         self._key = keys[-1]
 
-    def set_bits(self, bits: int) -> None:
-        self.bits = bits
-        self._key = "shared" if self.shared else str(bits)
+    def set_mode(self, mode: Mode) -> None:
+        self.mode = mode
+        self._key = "shared" if self.shared else str(mode)
 
     def forward(self, x):
         return self.bn[self._key](x)
@@ -135,8 +139,8 @@ def _switchables(model: nn.Module) -> list[nn.Module]:
     return cached
 
 
-def model_modes(model: nn.Module) -> tuple[int, ...]:
-    """The bit modes a model was built for (empty tuple for a plain network)."""
+def model_modes(model: nn.Module) -> tuple[Mode, ...]:
+    """The bit modes a model was built for, in cost order (empty tuple for a plain network)."""
     modes = getattr(model, "bit_modes", None)
     if modes is not None:
         return tuple(modes)
@@ -144,29 +148,32 @@ def model_modes(model: nn.Module) -> tuple[int, ...]:
     return tuple(layers[0].modes) if layers else ()
 
 
-def set_bit_mode(model: nn.Module, bits: int) -> nn.Module:
-    """Switch every quantized layer and Bit-Specific BN of ``model`` to ``bits``."""
+def set_bit_mode(model: nn.Module, mode: Mode) -> nn.Module:
+    """Switch every quantized layer and Bit-Specific BN of ``model`` to ``mode``
+    (``4``, ``32``, or ``"w2a4"`` when the model was trained in it)."""
     modes = model_modes(model)
-    if bits not in modes:
-        raise BitModeError(f"bit mode {bits!r} is not one of this model's modes {list(modes)}")
+    parsed = parse_mode(mode)
+    if parsed not in modes:
+        raise BitModeError(f"bit mode {mode!r} is not one of this model's modes {list(modes)}")
+    w, a = mode_bits(parsed)
     for m in _switchables(model):
         if isinstance(m, BitSpecificBN):
-            m.set_bits(bits)
+            m.set_mode(parsed)
         else:
-            m.bits = m.w_bits = m.a_bits = bits
-    model.__dict__["_qdnn_bits"] = bits
+            m.w_bits, m.a_bits = w, a
+    model.__dict__["_qdnn_bits"] = parsed
     return model
 
 
-def current_bit_mode(model: nn.Module) -> int:
-    return model.__dict__.get("_qdnn_bits", max(model_modes(model)))
+def current_bit_mode(model: nn.Module) -> Mode:
+    return model.__dict__.get("_qdnn_bits", model_modes(model)[-1])
 
 
 @contextlib.contextmanager
-def bit_mode(model: nn.Module, bits: int) -> Iterator[nn.Module]:
+def bit_mode(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
     """``with bit_mode(model, 4): logits = model(x)`` — restores the previous mode after."""
     previous = current_bit_mode(model)
-    set_bit_mode(model, bits)
+    set_bit_mode(model, mode)
     try:
         yield model
     finally:
@@ -178,7 +185,7 @@ def check_state_dict_modes(model: nn.Module, state: dict, source: str = "checkpo
     ours = model_modes(model)
     theirs = state.get("_qdnn.bit_modes")
     if theirs is not None:
-        theirs = tuple(int(b) for b in theirs.tolist())
+        theirs = tuple(mode_from_code(c) for c in theirs.tolist())
         ours_shared = _uses_shared_bn(model)
         theirs_shared = bool(state.get("_qdnn.shared_bn", torch.tensor(False)).item())
         if theirs != tuple(ours) or theirs_shared != ours_shared:
@@ -196,7 +203,7 @@ def _uses_shared_bn(model: nn.Module) -> bool:
 def modes_state(model: nn.Module) -> dict:
     """Entries stored beside the weights so a checkpoint says which modes it holds."""
     return {
-        "_qdnn.bit_modes": torch.tensor(list(model_modes(model)), dtype=torch.int64),
+        "_qdnn.bit_modes": torch.tensor([mode_code(m) for m in model_modes(model)], dtype=torch.int64),
         "_qdnn.shared_bn": torch.tensor(_uses_shared_bn(model)),
     }
 

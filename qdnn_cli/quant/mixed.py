@@ -9,10 +9,13 @@ A configuration is a default plus per-layer entries, each ``wXaY`` (``4`` = ``w4
       layer1.0.conv1: w2a4
       layer3.2.conv2: w8a8
 
-Which BatchNorm a layer's output uses: the Bit-Specific BN of the *weight bits of the
-quantized layer registered just before it* (conv → BN in the ResNets here); a BN that
-follows a full-precision layer (the stem) uses the default's weight bits. Under a
-uniform configuration this is exactly :func:`~.layers.set_bit_mode`.
+Which BatchNorm a layer's output uses is decided by the *quantized layer registered just
+before it* (conv → BN in the ResNets here), whose bits are (w, a): the BN of mode ``wXaY``
+when the model was trained in it, else the BN of uniform mode ``w``, else that of the
+trained mode with weight bits ``w`` and the nearest activation bits (:func:`bn_mode`). A
+BN that follows a full-precision layer (the stem) follows the default's bits. Under a
+uniform configuration — ``w4a4``, or ``w2a4`` in a model trained in w2a4 — this is
+exactly :func:`~.layers.set_bit_mode`.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from typing import Iterator
 
 from torch import nn
 
-from .layers import BitModeError, BitSpecificBN, QConv2d, QLinear, current_bit_mode, model_modes, set_bit_mode
+from .layers import BitSpecificBN, QConv2d, QLinear, current_bit_mode, model_modes, set_bit_mode
+from .modes import BitModeError, Mode, act_bits, mode_bits, parse_mode, weight_bits
 from .quantizers import FULL_PRECISION, check_bits
 
 _LABEL = re.compile(r"^w(\d+)a(\d+)$")
@@ -63,8 +67,9 @@ class BitConfig:
     layers: tuple[tuple[str, LayerBits], ...] = field(default=())
 
     @classmethod
-    def uniform(cls, bits: int) -> "BitConfig":
-        return cls(LayerBits(bits, bits))
+    def uniform(cls, mode: Mode) -> "BitConfig":
+        """Every layer at one mode's bits (``4``, ``32``, ``"w2a4"``)."""
+        return cls(LayerBits(*mode_bits(parse_mode(mode))))
 
     @classmethod
     def from_dict(cls, d: dict) -> "BitConfig":
@@ -102,7 +107,17 @@ class BitConfig:
         return dict(self.layers).get(layer, self.default)
 
     def all_bits(self) -> set[int]:
-        return {b for lb in [self.default, *dict(self.layers).values()] for b in (lb.w, lb.a)}
+        return self.weight_bits() | self.act_bits()
+
+    def weight_bits(self) -> set[int]:
+        return {lb.w for lb in [self.default, *dict(self.layers).values()]}
+
+    def act_bits(self) -> set[int]:
+        return {lb.a for lb in [self.default, *dict(self.layers).values()]}
+
+    def as_mode(self) -> Mode | None:
+        """The mode this configuration is when every layer has the default's bits, else None."""
+        return None if self.layers else parse_mode(f"w{self.default.w}a{self.default.a}")
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -133,13 +148,31 @@ def check_config(model: nn.Module, cfg: BitConfig) -> None:
         shown = ", ".join(list(layers)[:4])
         raise BitModeError(f"unknown layer {unknown[0]!r} in the bit configuration: this model's quantized layers "
                            f"are {shown}, ... ({len(layers)} in all)")
-    foreign = sorted(cfg.all_bits() - set(model_modes(model)))
-    if foreign:
-        raise BitModeError(f"bit-widths {foreign} are not modes of this model (its modes: {list(model_modes(model))})")
+    modes = model_modes(model)
+    for kind, used, built in (("weight", cfg.weight_bits(), weight_bits(modes)),
+                              ("activation", cfg.act_bits(), act_bits(modes))):
+        foreign = sorted(used - set(built))
+        if foreign:
+            raise BitModeError(f"{kind} bit-widths {foreign} are not in this model's modes {list(modes)} "
+                               f"({kind} bits it has: {built})")
+
+
+def bn_mode(modes, w: int, a: int) -> Mode:
+    """The trained mode whose BN serves a layer at (w, a): ``wXaY`` itself, else uniform
+    ``w``, else the mode with weight bits ``w`` and the nearest activation bits."""
+    exact = parse_mode(f"w{w}a{a}")
+    if exact in modes:
+        return exact
+    if w in modes:
+        return w
+    same_w = [m for m in modes if mode_bits(m)[0] == w]
+    if not same_w:
+        raise BitModeError(f"weight bits {w} are in none of this model's modes {list(modes)}")
+    return min(same_w, key=lambda m: (abs(mode_bits(m)[1] - a), -mode_bits(m)[1]))
 
 
 def apply_bits(model: nn.Module, setting) -> nn.Module:
-    """A bit mode (int) or a configuration, whichever ``setting`` is."""
+    """A bit mode (``4``, ``"w2a4"``) or a configuration, whichever ``setting`` is."""
     if isinstance(setting, BitConfig):
         return set_bit_config(model, setting)
     return set_bit_mode(model, setting)
@@ -147,18 +180,20 @@ def apply_bits(model: nn.Module, setting) -> nn.Module:
 
 def set_bit_config(model: nn.Module, cfg: BitConfig | dict) -> nn.Module:
     """Give each quantized layer the weight/activation bits ``cfg`` names (the default
-    elsewhere) and each Bit-Specific BN the key of its feeding layer's weight bits."""
+    elsewhere) and each Bit-Specific BN the mode :func:`bn_mode` picks for its feeding layer."""
     if isinstance(cfg, dict):
         cfg = BitConfig.from_dict(cfg)
     check_config(model, cfg)
+    modes = model_modes(model)
     names = dict(model.named_modules())
     for name, layer in quantized_layers(model).items():
         lb = cfg.bits_of(name)
         layer.w_bits, layer.a_bits = lb.w, lb.a
-        layer.bits = lb.w
     for name, source in bn_sources(model).items():
-        names[name].set_bits(cfg.bits_of(source).w if source else cfg.default.w)
-    model.__dict__["_qdnn_bits"] = cfg if cfg.layers or cfg.default.w != cfg.default.a else cfg.default.w
+        lb = cfg.bits_of(source) if source else cfg.default
+        names[name].set_mode(bn_mode(modes, lb.w, lb.a))
+    mode = cfg.as_mode()
+    model.__dict__["_qdnn_bits"] = mode if mode in modes else cfg
     return model
 
 

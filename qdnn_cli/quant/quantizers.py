@@ -24,11 +24,6 @@ FULL_PRECISION = 32
 VALID_BITS = tuple(range(1, 9)) + (FULL_PRECISION,)
 
 
-def mode_label(bits: int) -> str:
-    """How tables name a bit mode: "FP" for 32, else "<k>-bit"."""
-    return "FP" if bits == FULL_PRECISION else f"{bits}-bit"
-
-
 def check_bits(bits: int) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in VALID_BITS:
         raise ValueError(f"bit mode {bits!r} is not supported: use 1-8 or 32 (full precision)")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..quant import sort_modes
 from .collect import collect, find_runs
-from .table import build_table, cost_rows, load_reference, plot, to_csv, to_markdown
+from .table import INFO, build_table, cost_rows, load_reference, plot, to_csv, to_markdown
 
 
 def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path | None,
@@ -30,7 +31,8 @@ def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path 
         if not ref.is_file():
             raise FileNotFoundError(f"no reference table {reference} (looked for {ref})")
         refs = load_reference(ref)
-        modes = sorted(set(modes) | {c for c in refs.columns if isinstance(c, int)}, reverse=True)
+        ref_modes = {c for c in refs.columns if c not in INFO and not str(c).endswith("_std")}
+        modes = sort_modes(set(modes) | ref_modes, descending=True)
         table = pd.concat([table, refs], ignore_index=True)
     if costs:
         quantizable = next((r for r in runs if r.kind == "quantizable"), None) or runs[0]

@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..quant import label_mode, parse_mode
+
 # keys that do not change what a run measures
 NON_VARIANT = ("name", "seed", "out_dir", "data.root", "data.download", "data.workers", "trainer.device",
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
@@ -92,18 +94,18 @@ def read_run(path: Path) -> RunRecord | None:
         except json.JSONDecodeError:
             status = {}
     state = status.get("state", "unknown")
-    top1: dict[int, float] = {}
+    top1: dict = {}
     epoch = int(status.get("epoch", 0))
     results = path / "results.csv"
     if state == "finished" and results.is_file():
         with open(results, newline="") as f:
-            top1 = {int(r["mode"]): float(r["top1"]) for r in csv.DictReader(f)}
+            top1 = {parse_mode(r["mode"]): float(r["top1"]) for r in csv.DictReader(f)}
     elif (path / "metrics.csv").is_file():  # incomplete: last evaluated epoch
         with open(path / "metrics.csv", newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
         if rows:
             epoch = max(int(r["epoch"]) for r in rows)
-            top1 = {int(r["mode"]): float(r["top1"]) for r in rows if int(r["epoch"]) == epoch}
+            top1 = {parse_mode(r["mode"]): float(r["top1"]) for r in rows if int(r["epoch"]) == epoch}
         if state == "finished":
             state = "unknown"
     return RunRecord(path, cfg.get("name", "custom"), cfg["trainer"]["kind"], int(cfg.get("seed", 0)),
@@ -172,7 +174,7 @@ def _searched_rows(run: RunRecord, variant: str, budget: str) -> list[dict]:
     for summary_path in sorted(run.path.glob("search-*/summary.json")):
         try:
             summary = json.loads(summary_path.read_text())
-            mode = int(str(summary["budget"]).lower().removesuffix("-bit"))
+            mode = label_mode(summary["budget"])
             top1 = float(summary["val"][0]["top1"])
         except (ValueError, KeyError, IndexError, json.JSONDecodeError):
             continue  # a budget that is no mode, or an unfinished search
@@ -210,7 +212,7 @@ def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
             records.append({"experiment": run.name, "kind": run.kind, "variant": variant,
                             "budget": budget_of(run.config), "seed": run.seed, "state": run.state,
                             "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs,
-                            "path": str(run.path), "run": run.path.name, "mode": int(mode), "top1": float(top1)})
+                            "path": str(run.path), "run": run.path.name, "mode": mode, "top1": float(top1)})
         records += _searched_rows(run, variant, budget_of(run.config))
     columns = ["experiment", "kind", "variant", "budget", "seed", "state", "finished", "epoch", "epochs", "path",
                "run", "mode", "top1"]

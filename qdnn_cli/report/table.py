@@ -17,14 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..quant import mode_label
+from ..quant import label_mode, mode_label, sort_modes
 from .collect import RunRecord
 
 INFO = ["variant", "budget", "seeds", "finished", "row"]
-
-
-def _label_mode(label: str) -> int:
-    return 32 if label.upper() in ("FP", "32", "32-BIT") else int(label.split("-")[0])
 
 
 def _row(variant: str, budget: str, seeds, finished: bool, kind: str, means: dict, stds: dict | None = None) -> dict:
@@ -41,13 +37,13 @@ def _variant_order(variant: str) -> tuple:
             variant)
 
 
-def build_table(long: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
+def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
     """(modes high → low, table) from :func:`collect.collect`'s long frame."""
-    modes = sorted(long["mode"].unique().tolist(), reverse=True)
+    modes = sort_modes(long["mode"].unique().tolist(), descending=True)
     rows = []
     done = long[long["finished"]]
     for (variant, budget), g in done.groupby(["variant", "budget"], sort=False):
-        stats = g.groupby("mode")["top1"].agg(["mean", "std"])
+        stats = g.groupby("mode", sort=False)["top1"].agg(["mean", "std"])  # ints and wXaY: no sort
         rows.append(_row(variant, budget, g["seed"].nunique(), True, "result", stats["mean"].to_dict(),
                          stats["std"].dropna().to_dict()))
     for (path, variant, budget), g in long[~long["finished"]].groupby(["path", "variant", "budget"], sort=False):
@@ -61,7 +57,7 @@ def build_table(long: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
     return modes, pd.concat([table, _differences(table, modes)], ignore_index=True)
 
 
-def _differences(table: pd.DataFrame, modes: list[int]) -> pd.DataFrame:
+def _differences(table: pd.DataFrame, modes: list) -> pd.DataFrame:
     """quantizable − dedicated, per budget (and experiment) where both exist."""
     rows = []
     done = table[table["finished"]]
@@ -86,14 +82,14 @@ def load_reference(path: Path) -> pd.DataFrame:
     ref = pd.read_csv(path, dtype=str).fillna("")
     rows = []
     for _, r in ref.iterrows():
-        means = {_label_mode(k): float(v) for k, v in r.items()
+        means = {label_mode(k): float(v) for k, v in r.items()
                  if k not in ("source", "variant", "setting", "note") and v != ""}
         rows.append(_row(f"reference: {r['variant']} ({r['source']})", r.get("setting", ""), "", True,
                          "reference", means))
     return pd.DataFrame(rows)
 
 
-def cost_rows(run: RunRecord, modes: list[int]) -> pd.DataFrame:
+def cost_rows(run: RunRecord, modes: list) -> pd.DataFrame:
     """Model size (MB) and BOPs (G) per mode for the run's architecture."""
     from ..cost import model_cost
 
@@ -118,7 +114,7 @@ def _fmt(row: pd.Series, m: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None and pd.notna(std) else f"{mean:.2f}"
 
 
-def to_markdown(modes: list[int], table: pd.DataFrame) -> str:
+def to_markdown(modes: list, table: pd.DataFrame) -> str:
     shown = pd.DataFrame({"variant": table["variant"], "budget": table["budget"].fillna(""),
                           "seeds": table["seeds"].fillna("").astype(str)})
     for m in modes:
@@ -126,7 +122,7 @@ def to_markdown(modes: list[int], table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
-def to_csv(modes: list[int], table: pd.DataFrame) -> str:
+def to_csv(modes: list, table: pd.DataFrame) -> str:
     """Wide CSV: variant, budget, seeds, finished, then <mode> and <mode>_std columns (numbers)."""
     out = table[["variant", "budget", "seeds", "finished"]].copy()
     for m in modes:
@@ -135,14 +131,14 @@ def to_csv(modes: list[int], table: pd.DataFrame) -> str:
     return out.to_csv(index=False)
 
 
-def plot(modes: list[int], table: pd.DataFrame, path: Path, title: str = "") -> None:
+def plot(modes: list, table: pd.DataFrame, path: Path, title: str = "") -> None:
     """Top-1 against bit mode, one line per variant (error bars = std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = sorted(modes)
+    xs = sort_modes(modes)
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
     multi_budget = table.loc[table["row"] == "result", "budget"].nunique() > 1
     for _, r in table[table["row"].isin(["result", "reference"])].iterrows():
