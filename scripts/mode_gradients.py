@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qdnn_cli.data import build_data  # noqa: E402
 from qdnn_cli.engine.evaluation import load_checkpoint_model, quant_spec  # noqa: E402
 from qdnn_cli.models import build_model  # noqa: E402
-from qdnn_cli.quant import quantized_layers, set_bit_mode  # noqa: E402
+from qdnn_cli.quant import quantized_layers, set_bit_mode, sort_modes  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     run = load_checkpoint_model(a.checkpoint, set(), a.overrides, "cpu")
-    cfg, model, modes = run.cfg, run.model, sorted(run.trained, reverse=True)
+    cfg, model, modes = run.cfg, run.model, sort_modes(run.trained, descending=True)
     if a.fresh:
         model = build_model(run.checkpoint["model_name"], quant_spec(cfg), int(run.checkpoint["num_classes"]),
                             int(run.checkpoint["in_channels"]), **dict(cfg.model.get("kwargs") or {}))
@@ -54,7 +54,7 @@ def main() -> None:
             flat = torch.cat([t.flatten() for t in g])
             grads[m] += flat / a.batches
             batch_norms[m] += flat.norm().item() / a.batches
-    fp = grads[max(modes)]
+    fp = grads[modes[0]]
     what = "fresh model" if a.fresh else f"{a.checkpoint} (epoch {run.checkpoint.get('epoch')})"
     print(f"{what}, quant.weight_scale={cfg.quant.get('weight_scale', 'none')}, {a.batches} batches of "
           f"{cfg.trainer.batch_size}, {len(shared)} quantized layers' weights")
@@ -63,7 +63,7 @@ def main() -> None:
     for m in modes:
         cos = " ".join(f"{F.cosine_similarity(grads[m], grads[o], dim=0).item():6.3f}" for o in modes)
         print(f"{m:>6} {grads[m].norm().item():10.4g} {grads[m].norm().item() / fp.norm().item():7.2f} "
-              f"{batch_norms[m]:10.4g} {batch_norms[m] / batch_norms[max(modes)]:7.2f}   {' ' * 29}{cos}")
+              f"{batch_norms[m]:10.4g} {batch_norms[m] / batch_norms[modes[0]]:7.2f}   {' ' * 29}{cos}")
 
 
 if __name__ == "__main__":

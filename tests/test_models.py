@@ -112,9 +112,10 @@ def test_switch_errors_and_context_manager():
     set_bit_mode(net, 32)
     with bit_mode(net, 4):
         assert current_bit_mode(net) == 4
-        assert all(m.bits == 4 for m in net.modules() if isinstance(m, (QConv2d, BitSpecificBN)))
+        assert all((m.w_bits, m.a_bits) == (4, 4) for m in net.modules() if isinstance(m, QConv2d))
+        assert all(m.mode == 4 for m in net.modules() if isinstance(m, BitSpecificBN))
     assert current_bit_mode(net) == 32
-    assert all(m.bits == 32 for m in net.modules() if isinstance(m, QConv2d))
+    assert all((m.w_bits, m.a_bits) == (32, 32) for m in net.modules() if isinstance(m, QConv2d))
 
 
 def test_first_conv_and_classifier_full_precision_by_default():

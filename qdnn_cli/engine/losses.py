@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..quant.modes import sort_modes
+
 TARGETS = ("fp", "next", "ensemble")
 REDUCTIONS = ("sum", "mean")
 
@@ -106,7 +108,7 @@ class QuantizableLoss:
 
     def total(self, logits_by_mode: dict[int, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """L for a dict of logits (all modes at once) — for tests and analysis."""
-        modes_desc = sorted(logits_by_mode, reverse=True)
+        modes_desc = sort_modes(logits_by_mode, descending=True)
         detached = {m: z.detach() for m, z in logits_by_mode.items()}
         total = logits_by_mode[modes_desc[0]].new_zeros(())
         for m in modes_desc:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .layers import set_bit_mode
+from .modes import sort_modes
 from .quantizers import LSQQuantizer
 
 
@@ -31,7 +32,7 @@ def calibrate_quantizers(model: nn.Module, x: torch.Tensor, modes) -> None:
     was_training = model.training
     model.train()  # the steps see what they will see in training: batch statistics in BN
     try:
-        for m in sorted(modes, reverse=True):
+        for m in sort_modes(modes, descending=True):
             set_bit_mode(model, m)
             model(x)
     finally:
