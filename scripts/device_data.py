@@ -29,17 +29,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data.sources import (IMAGE_SUFFIXES, _decode_cached, _list_classes, _list_files,  # noqa: E402
+from qdnn_cli.data.sources import (IMAGE_SUFFIXES, decode_cached, list_classes, list_files,  # noqa: E402
                                    stratified_subset)
 
 MANIFEST, STATS, PLACEHOLDER = "train_files.txt", "stats.json", ".placeholder.png"
 
 
 def pack(src: Path, dst: Path, fraction: float, subset_seed: int, train: str, val: str) -> None:
-    classes = _list_classes(src / train)
-    files, labels = _list_files(src / train, classes)
+    classes = list_classes(src / train)
+    files, labels = list_files(src / train, classes)
     keep = stratified_subset(torch.tensor(labels), fraction, subset_seed).tolist()
-    images = _decode_cached(files, 3).float() / 255  # statistics of the whole training split
+    images = decode_cached(files, 3).float() / 255  # statistics of the whole training split
     stats = {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": images.std(dim=(0, 2, 3)).tolist(),
              "train_fraction": fraction, "subset_seed": subset_seed, "train_split": train, "val_split": val,
              "source": str(src), "train_images": len(files), "shipped_train_images": len(keep)}

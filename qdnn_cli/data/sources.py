@@ -113,11 +113,13 @@ def load_cifar(name: str, root: str, download: bool) -> Source:
 
 
 # ----------------------------------------------------------------------------- folders
-def _list_classes(split_dir: Path) -> list[str]:
+def list_classes(split_dir: Path) -> list[str]:
+    """Class folder names in label order (sorted)."""
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_files(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+def list_files(split_dir: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """(image paths, labels) of a split folder, in the order the loaders index them."""
     files, labels = [], []
     for label, cname in enumerate(classes):
         cdir = split_dir / cname
@@ -168,7 +170,7 @@ def _cache_path(files: list[str], channels: int) -> Path:
     return base / f"folder-{h.hexdigest()[:20]}.pt"
 
 
-def _decode_cached(files: list[str], channels: int) -> torch.Tensor:
+def decode_cached(files: list[str], channels: int) -> torch.Tensor:
     """Decode once; later runs on the same unchanged files read one tensor file."""
     path = _cache_path(files, channels)
     if path.exists():
@@ -197,14 +199,14 @@ def load_folder(root: str, train_split: str, val_split: str, channels: int, max_
         if not d.is_dir():
             have = ", ".join(sorted(p.name for p in rootp.iterdir() if p.is_dir())) or "nothing"
             raise DataError(f"split folder {d} does not exist (data.{key}); {rootp} holds: {have}")
-    classes = _list_classes(tdir)
+    classes = list_classes(tdir)
     if not classes:
         raise DataError(f"{tdir} has no class folders: expected {tdir}/<class>/*.png")
-    extra = sorted(set(_list_classes(vdir)) - set(classes))
+    extra = sorted(set(list_classes(vdir)) - set(classes))
     if extra:
         raise DataError(f"{vdir} has classes not in {tdir}: {', '.join(extra[:5])}")
-    tfiles, tlabels = _list_files(tdir, classes)
-    vfiles, vlabels = _list_files(vdir, classes)
+    tfiles, tlabels = list_files(tdir, classes)
+    vfiles, vlabels = list_files(vdir, classes)
     if not vfiles:
         raise DataError(f"{vdir} has no images")
     from PIL import Image
@@ -217,8 +219,8 @@ def load_folder(root: str, train_split: str, val_split: str, channels: int, max_
     in_memory = max(w, h) <= max_in_memory_size
     mean, std = stats if stats else ((0.5,) * channels, (0.25,) * channels)
     if in_memory:
-        train = Split(_decode_cached(tfiles, channels), torch.tensor(tlabels))
-        val = Split(_decode_cached(vfiles, channels), torch.tensor(vlabels))
+        train = Split(decode_cached(tfiles, channels), torch.tensor(tlabels))
+        val = Split(decode_cached(vfiles, channels), torch.tensor(vlabels))
         if train.images.shape[2:] != val.images.shape[2:]:
             raise DataError(f"train images are {tuple(train.images.shape[2:])} but val images are {tuple(val.images.shape[2:])}")
         if stats is None:  # per-channel statistics of the training images
