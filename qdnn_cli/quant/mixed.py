@@ -20,7 +20,6 @@ exactly :func:`~.layers.set_bit_mode`.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -29,9 +28,7 @@ from torch import nn
 
 from .layers import BitSpecificBN, QConv2d, QLinear, current_bit_mode, model_modes, set_bit_mode
 from .modes import BitModeError, Mode, act_bits, mode_bits, parse_mode, weight_bits
-from .quantizers import FULL_PRECISION, check_bits
-
-_LABEL = re.compile(r"^w(\d+)a(\d+)$")
+from .quantizers import FULL_PRECISION
 
 
 @dataclass(frozen=True, order=True)
@@ -42,17 +39,10 @@ class LayerBits:
     @classmethod
     def parse(cls, value) -> "LayerBits":
         """``w4a8``, ``4`` / ``"4"`` (= w4a4), ``32`` / ``fp`` (full precision)."""
-        text = str(value).strip().lower()
-        if text in ("fp", "32"):
-            return cls(FULL_PRECISION, FULL_PRECISION)
-        m = _LABEL.match(text)
         try:
-            w, a = (int(m.group(1)), int(m.group(2))) if m else (int(text), int(text))
-            check_bits(w)
-            check_bits(a)
-        except (ValueError, TypeError):
+            return cls(*mode_bits(parse_mode(value)))
+        except BitModeError:
             raise BitModeError(f"{value!r} is not a bit setting: write wXaY (e.g. w4a8), a bit mode (4) or fp") from None
-        return cls(w, a)
 
     @property
     def label(self) -> str:
