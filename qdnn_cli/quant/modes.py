@@ -43,13 +43,11 @@ def parse_mode(value) -> Mode:
 
 
 def mode_bits(mode: Mode) -> tuple[int, int]:
-    """(weight bits, activation bits) of a mode."""
+    """(weight bits, activation bits) of a mode, or of anything :func:`parse_mode` reads."""
+    mode = mode if isinstance(mode, int) else parse_mode(mode)
     if isinstance(mode, int):
         return mode, mode
-    m = _WA.match(str(mode))
-    if not m:
-        mode = parse_mode(mode)
-        return mode_bits(mode)
+    m = _WA.match(mode)  # parse_mode's "wXaY" form, w != a
     return int(m.group(1)), int(m.group(2))
 
 
