@@ -164,12 +164,14 @@ def eval_cmd(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     config: Optional[Path] = typer.Option(None, "--config", help="a per-layer bit configuration (YAML) to evaluate too"),
+    recalibrate_trained: bool = typer.Option(False, "--recalibrate-trained",
+                                             help="re-estimate the trained modes' BN too, one mode at a time (with --calibrate-bn N)"),
 ):
     """Evaluate a trained model in any bit modes (and a per-layer bit configuration);
     untrained bit-widths need --calibrate-bn N."""
     from .runs import evaluate
 
-    evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device, config)
+    evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
 
 
 @app.command()

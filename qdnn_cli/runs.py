@@ -266,7 +266,7 @@ def resolve_checkpoint(target: Path, which: str) -> Path:
 
 
 def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
-             device: str, config: Path | None = None) -> Path:
+             device: str, config: Path | None = None, recalibrate_trained: bool = False) -> Path:
     """Evaluate a checkpoint in any modes (and a per-layer bit configuration); writes
     ``eval-<ckpt>-<time>.csv`` beside it."""
     from rich.table import Table
@@ -278,7 +278,8 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
     ck = resolve_checkpoint(target, which)
     bit_cfg = BitConfig.load(config) if config is not None else None
     rows, meta = evaluate_checkpoint(ck, parse_bits(bits) if bits else None, calibrate_bn, overrides, device,
-                                     bit_cfg, f"config {config.name}" if config is not None else "config")
+                                     bit_cfg, f"config {config.name}" if config is not None else "config",
+                                     recalibrate_trained)
     out = ck.parent / f"eval-{ck.stem}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     write_csv(out, rows)
     table = Table(title=f"{ck} (epoch {meta['epoch']}, trained modes {meta['trained']})")

@@ -201,6 +201,31 @@ def test_eval_untrained_mode_needs_calibration(tmp_path):
     assert float(rows["4"]["top1"]) == float(read_csv(run / "results.csv")[0]["top1"])
 
 
+def test_recalibrate_trained_gives_a_shared_bn_model_statistics_per_mode(tmp_path):
+    """A shared-BN model evaluated with statistics re-estimated per mode: each mode's number
+    equals a one-mode evaluation's (one mode's statistics never reach another's), and
+    differs from the shared statistics it trained with."""
+    run = tmp_path / "run"
+    assert qdnn("train", "quickstart", *tiny_overrides(run, "quant.bit_specific_bn=false", "quant.bits=[3,32]",
+                                                       "trainer.epochs=1")).exit_code == 0
+    refused = qdnn("eval", run, "--recalibrate-trained", "--device", "cpu")
+    assert refused.exit_code == 2 and "--calibrate-bn" in refused.output
+    rows = {}
+    for bits in ("3,32", "3", "32"):
+        r = qdnn("eval", run, "--bits", bits, "--calibrate-bn", "2", "--recalibrate-trained", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        (csv_path,) = run.glob("eval-checkpoint-*.csv")
+        rows[bits] = {x["mode"]: x for x in read_csv(csv_path)}
+        csv_path.unlink()
+    both = rows["3,32"]
+    assert all(both[m]["calibrated"] == "True" and both[m]["trained"] == "True" for m in ("3", "32"))
+    for m in ("3", "32"):
+        assert float(both[m]["loss"]) == pytest.approx(float(rows[m][m]["loss"]), rel=1e-6)
+    # and the re-estimated statistics are not the trained ones
+    trained = {x["mode"]: x for x in read_csv(run / "results.csv")}
+    assert all(abs(float(both[m]["loss"]) - float(trained[m]["loss"])) > 1e-6 for m in ("3", "32"))
+
+
 def test_calibration_changes_only_the_calibrated_mode_statistics():
     import torch
 

@@ -178,17 +178,21 @@ def config_extra_modes(config: BitConfig, trained) -> set:
 
 def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides: list[str] = (),
                         device_name: str = "auto", config: BitConfig | None = None,
-                        config_name: str = "config") -> tuple[list[dict], dict]:
+                        config_name: str = "config", recalibrate_trained: bool = False) -> tuple[list[dict], dict]:
     """Rows of (mode, top-1, top-5, loss, size, BOPs, trained, calibrated) for a checkpoint:
     its bit modes (or ``bits``) and, with ``config``, a per-layer configuration, whose BN
     statistics are re-estimated from ``calibrate`` training batches when that is given.
-    ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config and
-    are validated as ``qdnn train`` validates its own."""
+    Untrained modes are always re-estimated; trained ones too with ``recalibrate_trained``
+    (one set of statistics per mode for a shared-BN model, or trained against re-estimated
+    BN). ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config
+    and are validated as ``qdnn train`` validates its own."""
     bits = [parse_mode(b) for b in bits] if bits else None
     run = load_checkpoint_model(ckpt_path, set(bits or []), overrides, device_name, config)
     model, cfg, trained = run.model, run.cfg, run.trained
     modes = sort_modes(set(bits or trained))  # with a configuration too: the modes beside it
     untrained = [m for m in model_modes(model) if m not in trained]
+    if recalibrate_trained and calibrate <= 0:
+        raise BitModeError("--recalibrate-trained re-estimates BN from training batches: give --calibrate-bn N too")
     if untrained and calibrate <= 0:
         raise BitModeError(
             f"bit modes {untrained} were never trained in this model (trained: {trained}); "
@@ -201,7 +205,10 @@ def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides:
     if data.num_classes != int(run.checkpoint["num_classes"]):
         raise BitModeError(f"data has {data.num_classes} classes but the checkpoint was trained on "
                            f"{run.checkpoint['num_classes']}")
-    calibrated = {m: calibrate_bn(model, data.train, m, calibrate) for m in modes if m not in trained}
+    # every mode has a BN of its own here (a shared-BN run's is copied into each at loading),
+    # so each mode's statistics are re-estimated without touching another's
+    calibrated = {m: calibrate_bn(model, data.train, m, calibrate) for m in modes
+                  if recalibrate_trained or m not in trained}
     results = evaluate(model, data.val, modes)
     rows = []
     for m in sort_modes(modes, descending=True):
