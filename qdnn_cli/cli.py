@@ -165,7 +165,7 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     config: Optional[Path] = typer.Option(None, "--config", help="a per-layer bit configuration (YAML) to evaluate too"),
     recalibrate_trained: bool = typer.Option(False, "--recalibrate-trained",
-                                             help="re-estimate the trained modes' BN too, one mode at a time (with --calibrate-bn N)"),
+                                             help="re-estimate the trained modes' BN statistics too (needs --calibrate-bn N)"),
 ):
     """Evaluate a trained model in any bit modes (and a per-layer bit configuration);
     untrained bit-widths need --calibrate-bn N."""
