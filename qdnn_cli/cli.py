@@ -187,6 +187,10 @@ def search(
     search_images: int = typer.Option(2000, "--search-images", help="held-out training-split images to score on"),
     rerank: int = typer.Option(8, "--rerank", help="re-score the K best on as many other held-out images; "
                                "the best there wins (0: off)"),
+    strategy: str = typer.Option("sensitivity", "--strategy", help="sensitivity (per-layer damage table, "
+                                 "knapsack allocation, then evolution from it) or evolution (from random configurations)"),
+    metric: str = typer.Option("kl", "--metric", help="what ranks candidates: kl (divergence from the "
+                               "full-precision mode's predictions; low-noise) or top1"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: beside the checkpoint)"),
 ):
@@ -194,7 +198,7 @@ def search(
     from .runs import search as run_search
 
     run_search(target, overrides or [], budget_bops, budget_size_mb, candidates, seed, calibrate_bn, search_images,
-               device, out, rerank)
+               device, out, rerank, strategy, metric)
 
 
 @app.command()

@@ -297,7 +297,8 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
 
 # ----------------------------------------------------------------------------- search
 def search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
-           seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None, rerank: int = 8) -> dict:
+           seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None, rerank: int = 8,
+           strategy: str = "sensitivity", metric: str = "kl") -> dict:
     """``qdnn search``: per-layer configurations under a budget; prints the validation table."""
     from rich.table import Table
 
@@ -310,17 +311,19 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
     ck = resolve_checkpoint(target, "last")
     with make_progress(console, True) as progress:
         summary = run_search(ck, kind, budget, candidates, seed, calibrate_bn, search_images, device, out,
-                             progress, overrides, rerank)
-    console.print(f"searched {summary['evaluated']} configurations in {summary['seconds']:.0f} s on "
-                  f"{summary['search_slice']}")
+                             progress, overrides, rerank, strategy, metric)
+    measured = summary["sensitivity_evaluations"]
+    console.print(f"searched {summary['evaluated']} configurations"
+                  + (f" after {measured} single-layer measurements" if measured else "")
+                  + f" in {summary['seconds']:.0f} s on {summary['search_slice']}")
     if summary["best"]["origin"].startswith("uniform"):
         console.print(f"no mixed configuration fits this budget better: the best is the {summary['best']['origin']} mode")
     table = Table(title="validation split (never searched on)")
-    for col in ("setting", "BN", "top-1 %", "top-5 %", "size MB", "GBOPs"):
+    for col in ("setting", "BN", "top-1 %", "top-5 %", "KL to FP", "size MB", "GBOPs"):
         table.add_column(col, justify="right")
     for r in summary["val"]:
-        table.add_row(r["setting"], r["bn"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['size_mb']:.3f}",
-                      f"{r['gbops']:.3f}")
+        table.add_row(r["setting"], r["bn"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['kl']:.4f}",
+                      f"{r['size_mb']:.3f}", f"{r['gbops']:.3f}")
     console.print(table)
     console.print(f"written: {summary['out_dir']}/ (search.csv, pareto.csv, pareto.png, best.yaml, val.csv)")
     return summary

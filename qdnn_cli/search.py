@@ -7,25 +7,48 @@ the modes the model was trained in. A candidate is scored by top-1 on a slice of
 statistics are re-estimated from training batches (slimmable networks' calibration);
 the validation split is only used at the end, for the numbers a user reports.
 
-The search is evolutionary under the budget: it starts from the uniform modes that fit
-and random configurations repaired into the budget, then breeds by tournament
-selection, per-layer crossover and mutation (one step up or down in the bit list),
-each child repaired to the budget and filled up to it. ``--candidates`` bounds the
-configurations evaluated; ``--seed`` makes the whole search repeatable.
+Two strategies (``--strategy``):
+
+* ``sensitivity`` measures, one layer at a time, how much each of its (weight,
+  activation) settings moves the model away from the uniform mode the budget allows
+  (the reference), treats those damages as additive, and allocates bits by an exact
+  multiple-choice knapsack (dynamic programming over the budget); the allocation then
+  seeds the evolutionary search below. ``sensitivity.csv`` keeps the measured table.
+* ``evolution`` starts from the uniform modes that fit and random configurations
+  repaired into the budget.
+
+Both then breed by tournament selection, per-layer crossover and mutation (one step up
+or down in the bit list), each child repaired to the budget and filled up to it.
+``--candidates`` bounds the configurations evaluated after the sensitivity table;
+``--seed`` makes the whole search repeatable.
+
+What a candidate is judged by (``--metric``): ``kl``, the mean KL divergence of its
+predictions from the full-precision mode's on the same images, or ``top1`` on the slice.
+Top-1 on a few thousand images moves by about a point between two draws of the images,
+more than the true differences between good configurations; the KL divergence is a
+per-image, label-free difference measured on the same images for every candidate, so
+it ranks configurations with far less noise (the winner's curse of picking the best of
+many noisy scores is what made earlier top-1 searches lose on ``val/``).
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 from .quant import BitConfig, BitModeError, LayerBits, label_mode, mode_bits, sort_modes
 from .quant.mixed import quantized_layers
 from .quant.modes import act_bits, weight_bits
 
 BUDGET_KINDS = ("bops", "size_mb")
+STRATEGIES = ("sensitivity", "evolution")
+METRICS = ("kl", "top1")
 
 
 @dataclass
@@ -36,7 +59,53 @@ class Candidate:
     bops: float
     top1: float = float("nan")
     top5: float = float("nan")
+    kl: float = float("nan")           # mean KL(full precision ‖ candidate) per image, nats
     rerank_top1: float = float("nan")  # on the second held-out slice (finalists only)
+    rerank_kl: float = float("nan")
+
+    def fitness(self, metric: str, rerank: bool = False) -> float:
+        """Higher is better: top-1, or minus the KL divergence."""
+        if metric == "top1":
+            return self.rerank_top1 if rerank else self.top1
+        return -(self.rerank_kl if rerank else self.kl)
+
+
+@dataclass
+class Scores:
+    top1: float
+    top5: float
+    kl: float
+
+
+@torch.no_grad()
+def reference_logprobs(model, loader, mode) -> list[torch.Tensor]:
+    """Log-probabilities of ``mode`` (the full-precision one) on every batch of ``loader``
+    (which must yield the same batches in the same order each time)."""
+    from .quant.mixed import apply_bits
+
+    model.eval()
+    apply_bits(model, mode)
+    return [F.log_softmax(model(x).float(), dim=1) for x, _ in loader]
+
+
+@torch.no_grad()
+def score_against(model, loader, setting, reference: list[torch.Tensor]) -> Scores:
+    """Top-1/top-5 % and the mean KL(reference ‖ model) of ``setting`` on ``loader``."""
+    from .engine.step import topk_correct
+    from .quant.mixed import apply_bits
+
+    model.eval()
+    apply_bits(model, setting)
+    top1 = top5 = kl = 0.0
+    n = 0
+    for (x, y), ref in zip(loader, reference, strict=True):
+        logp = F.log_softmax(model(x).float(), dim=1)
+        t1, t5 = topk_correct(logp, y, 5)
+        top1, top5 = top1 + t1.item(), top5 + t5.item()
+        kl += F.kl_div(logp, ref, log_target=True, reduction="sum").item()
+        n += y.numel()
+    n = max(n, 1)
+    return Scores(100 * top1 / n, 100 * top5 / n, kl / n)
 
 
 def parse_budget(text: str, kind: str, cost_of_mode) -> float:
@@ -118,6 +187,18 @@ class Space:
                 choice = trial
         return choice
 
+    def options(self, name: str) -> list[tuple[int, int]]:
+        """The (w, a) settings one layer can take with every other layer at its cheapest
+        and the budget still met."""
+        cheap = self.cheapest()
+        return [(w, a) for w in self.w_bits for a in self.a_bits if self.cost({**cheap, name: (w, a)}) <= self.budget]
+
+    def best_uniform(self, trained) -> dict:
+        """The most expensive uniform trained mode within budget (the cheapest
+        configuration when none is)."""
+        fits = [b for b in sort_modes(trained) if self.cost(self.uniform(b)) <= self.budget]
+        return self.uniform(fits[-1]) if fits else self.cheapest()
+
     def random(self, rng: random.Random) -> dict:
         return {n: (rng.choice(self.w_bits), rng.choice(self.a_bits)) for n in self.names}
 
@@ -133,8 +214,70 @@ class Space:
         return {n: (a if rng.random() < 0.5 else b)[n] for n in self.names}
 
 
-def search_configs(space: Space, score, candidates: int, seed: int, trained: list, on_result=None) -> list[Candidate]:
-    """Evaluate up to ``candidates`` searched configurations (plus the uniform modes)."""
+def measure_sensitivity(space: Space, damage_of, reference: dict, on_result=None) -> list[dict]:
+    """The damage (``damage_of``: lower is better, e.g. KL to full precision) of every
+    single-layer change to ``reference``, relative to the reference itself."""
+    base = damage_of(reference)
+    cost0 = space.cost(reference)
+    rows = []
+    for n in space.names:
+        for wa in space.options(n):
+            if wa == reference[n]:
+                continue
+            trial = {**reference, n: wa}
+            d = damage_of(trial)
+            rows.append({"layer": n, "w": wa[0], "a": wa[1], "delta_cost": space.cost(trial) - cost0,
+                         "damage": d, "delta_damage": d - base})
+            if on_result is not None:
+                on_result(rows[-1])
+    return rows
+
+
+def allocate(space: Space, table: list[dict], reference: dict, resolution: int = 2000) -> dict:
+    """The configuration that minimises the summed single-layer damages of ``table``
+    (relative to ``reference``, whose own settings cost nothing) within the budget: an
+    exact multiple-choice knapsack over the budget cut into ``resolution`` steps (each
+    layer's cost rounded *up*, so the answer always fits)."""
+    cheap = space.cheapest()
+    floor = space.cost(cheap)
+    slack = space.budget - floor
+    step = max(slack, 1e-12) / resolution
+    damage = {(r["layer"], (r["w"], r["a"])): r["delta_damage"] for r in table}
+    best = [0.0] + [math.inf] * resolution  # best[c]: least damage spending exactly c steps so far
+    picks: list[list] = []
+    for n in space.names:
+        opts = []
+        for wa in space.options(n):
+            d = 0.0 if wa == reference[n] else damage.get((n, wa))
+            if d is None:
+                continue
+            units = math.ceil((space.cost({**cheap, n: wa}) - floor) / step - 1e-9)
+            if units <= resolution:
+                opts.append((units, d, wa))
+        new = [math.inf] * (resolution + 1)
+        pick = [None] * (resolution + 1)
+        for c, v in enumerate(best):
+            if v == math.inf:
+                continue
+            for units, d, wa in opts:
+                if c + units <= resolution and v + d < new[c + units]:
+                    new[c + units], pick[c + units] = v + d, (c, wa)
+        best = new
+        picks.append(pick)
+    c = min(range(resolution + 1), key=lambda i: best[i])
+    if best[c] == math.inf:
+        return dict(reference)
+    choice = {}
+    for n, pick in zip(reversed(space.names), reversed(picks)):
+        c, wa = pick[c]
+        choice[n] = wa
+    return choice
+
+
+def search_configs(space: Space, score, candidates: int, seed: int, trained: list, on_result=None,
+                   metric: str = "top1", start: list[tuple[dict, str]] = ()) -> list[Candidate]:
+    """Evaluate up to ``candidates`` searched configurations (plus the uniform modes),
+    the ``start`` ones (choice, origin) first."""
     rng = random.Random(seed)
     seen: dict[tuple, Candidate] = {}
     results: list[Candidate] = []
@@ -146,7 +289,8 @@ def search_configs(space: Space, score, candidates: int, seed: int, trained: lis
         cfg = space.config(choice)
         cost = space.cost_fn(cfg)
         cand = Candidate(cfg, origin, cost["size_mb"], cost["bops"])
-        cand.top1, cand.top5 = score(cfg)
+        r = score(cfg)
+        cand.top1, cand.top5, cand.kl = r.top1, r.top5, r.kl
         seen[key] = cand
         results.append(cand)
         if on_result is not None:
@@ -155,16 +299,22 @@ def search_configs(space: Space, score, candidates: int, seed: int, trained: lis
 
     for b in trained:  # the uniform modes, as reference points (not counted as candidates)
         evaluate(space.uniform(b), f"uniform {b}")
-    budgeted = lambda: [c for c in results if c.origin.startswith(("random", "mutation", "crossover"))]  # noqa: E731
+    budgeted = lambda: [c for c in results if not c.origin.startswith("uniform")]  # noqa: E731
+    for choice, origin in start:
+        if len(budgeted()) < candidates:
+            evaluate(space.fill(space.repair(choice, rng), rng) if origin != "sensitivity" else choice, origin)
     population = max(4, min(16, candidates // 4))
     attempts = 0
     while len(budgeted()) < min(population, candidates) and attempts < 20 * candidates:
         attempts += 1
-        evaluate(space.fill(space.repair(space.random(rng), rng), rng), "random")
+        if start:  # the first population: neighbours of the given start, not random draws
+            evaluate(space.fill(space.repair(space.mutate(start[0][0], rng), rng), rng), "mutation")
+        else:
+            evaluate(space.fill(space.repair(space.random(rng), rng), rng), "random")
     while len(budgeted()) < candidates and attempts < 20 * candidates:
         attempts += 1
         pool = [c for c in results if _cost(space, c) <= space.budget]
-        parents = [max(rng.sample(pool, min(3, len(pool))), key=lambda c: c.top1) for _ in range(2)]
+        parents = [max(rng.sample(pool, min(3, len(pool))), key=lambda c: c.fitness(metric)) for _ in range(2)]
         a, b = (_choice(space, p.config) for p in parents)
         if rng.random() < 0.5:
             child, origin = space.crossover(a, b, rng), "crossover"
@@ -197,7 +347,8 @@ def config_text(cfg: BitConfig) -> str:
     return " ".join(f"{n}={lb.label}" for n, lb in cfg.layers) or f"default={cfg.default.label}"
 
 
-def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: str) -> Candidate:
+def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: str, metric: str = "top1",
+                  sensitivity: list[dict] | None = None) -> Candidate:
     """search.csv, pareto.csv, pareto.png and best.yaml; returns the best candidate in budget."""
     import pandas as pd
 
@@ -205,7 +356,8 @@ def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: st
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"id": i, "origin": c.origin, "size_mb": round(c.size_mb, 5), "gbops": round(c.bops / 1e9, 5),
-             "top1": round(c.top1, 4), "top5": round(c.top5, 4), "rerank_top1": round(c.rerank_top1, 4),
+             "top1": round(c.top1, 4), "top5": round(c.top5, 4), "kl": round(c.kl, 6),
+             "rerank_top1": round(c.rerank_top1, 4), "rerank_kl": round(c.rerank_kl, 6),
              "within_budget": _cost(space, c) <= space.budget, "config": config_text(c.config)}
             for i, c in enumerate(cands)]
     table = pd.DataFrame(rows)
@@ -216,9 +368,11 @@ def write_outputs(out_dir: Path, cands: list[Candidate], space: Space, title: st
     within = [c for c in cands if _cost(space, c) <= space.budget and not c.origin.startswith("uniform")]
     reranked = [c for c in within if c.rerank_top1 == c.rerank_top1]
     if reranked:  # the finalists' scores on images the search never saw decide
-        best = max(reranked, key=lambda c: (c.rerank_top1, c.top1))
+        best = max(reranked, key=lambda c: (c.fitness(metric, rerank=True), c.fitness(metric)))
     else:  # nothing but a uniform mode may fit (a budget at the cheapest mode's cost): that is the answer
-        best = max(within or [c for c in cands if _cost(space, c) <= space.budget], key=lambda c: c.top1)
+        best = max(within or [c for c in cands if _cost(space, c) <= space.budget], key=lambda c: c.fitness(metric))
+    if sensitivity:
+        atomic_write_text(out_dir / "sensitivity.csv", pd.DataFrame(sensitivity).round(6).to_csv(index=False))
     best.config.save(out_dir / "best.yaml")
     _plot(out_dir / "pareto.png", cands, front, space, title)
     return best
@@ -260,29 +414,34 @@ def check_budget(space: Space) -> None:
                            f"{space.a_bits[0]}: {shown})")
 
 
-def rerank_finalists(cands: list[Candidate], space: Space, score, k: int) -> list[Candidate]:
+def rerank_finalists(cands: list[Candidate], space: Space, score, k: int, metric: str = "top1") -> list[Candidate]:
     """Score the ``k`` best searched configurations within budget, and the uniform modes
     within it, on a second slice: picking the best of many noisy scores on the slice that
     chose them overstates it (winner's curse); fresh images do not."""
     within = [c for c in cands if _cost(space, c) <= space.budget]
-    searched = sorted((c for c in within if not c.origin.startswith("uniform")), key=lambda c: -c.top1)[:k]
+    searched = sorted((c for c in within if not c.origin.startswith("uniform")), key=lambda c: -c.fitness(metric))[:k]
     finalists = searched + [c for c in within if c.origin.startswith("uniform")]
     for c in finalists:
-        c.rerank_top1 = score(c.config)[0]
+        r = score(c.config)
+        c.rerank_top1, c.rerank_kl = r.top1, r.kl
     return finalists
 
 
 def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: int, calibrate: int,
                search_images: int, device_name: str, out_dir: Path | None, progress=None, overrides=(),
-               rerank: int = 0) -> dict:
+               rerank: int = 0, strategy: str = "sensitivity", metric: str = "kl") -> dict:
     """The whole command: load, search on the held-out slice (re-rank the ``rerank`` best
     on a second one), write files, then evaluate the best configuration and the uniform
     modes on the validation split."""
     from .data import build_data, build_holdout
-    from .engine.evaluation import bn_state, calibrate_bn, evaluate, load_bn_state, load_checkpoint_model, run_costs
+    from .engine.evaluation import bn_state, calibrate_bn, load_bn_state, load_checkpoint_model, run_costs
 
     if kind not in BUDGET_KINDS:
         raise ValueError(f"budget kind {kind!r}: choose bops or size_mb")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r}: choose {' or '.join(STRATEGIES)}")
+    if metric not in METRICS:
+        raise ValueError(f"--metric {metric!r}: choose {' or '.join(METRICS)}")
     if candidates < 1 or calibrate < 1 or search_images < 1 or rerank < 0:
         raise ValueError("--candidates, --calibrate-bn and --search-images must be positive, --rerank >= 0")
     run = load_checkpoint_model(ckpt, set(), list(overrides), device_name)
@@ -299,51 +458,74 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
                                                            int(t.eval_batch_size), run.device, search_images,
                                                            search_images if rerank else 0)
     base = bn_state(model)
+    teacher = sort_modes(trained)[-1]  # the most precise trained mode: full precision in a qdnn run
+    references: dict[int, list] = {}
 
-    def score(config: BitConfig, loader=slice_) -> tuple[float, float]:
+    def score(config, loader=slice_) -> Scores:
+        if id(loader) not in references:
+            references[id(loader)] = reference_logprobs(model, loader, teacher)
         calibrate_bn(model, calib, config, calibrate)
-        r = evaluate(model, loader, [config])[config]
+        r = score_against(model, loader, config, references[id(loader)])
         load_bn_state(model, base)
-        return r["top1"], r["top5"]
+        return r
 
     started = time.perf_counter()
-    task = progress.add_task("search", total=candidates + len(trained), info="") if progress else None
+    reference = space.best_uniform(trained)
+    n_sensitivity = sum(len(space.options(n)) - (reference[n] in space.options(n)) for n in space.names) \
+        if strategy == "sensitivity" else 0
+    task = progress.add_task("search", total=n_sensitivity + 1 + candidates + len(trained), info="") if progress else None
     n_finalists = 0
     best_seen = [float("-inf")]
 
     def on_result(c: Candidate) -> None:
         if _cost(space, c) <= space.budget and not c.origin.startswith("uniform"):
-            best_seen[0] = max(best_seen[0], c.top1)
+            best_seen[0] = max(best_seen[0], c.fitness(metric))
         if progress:
-            progress.update(task, advance=1, info=f"best in budget {best_seen[0]:.2f} %")
+            shown = f"{best_seen[0]:.2f} %" if metric == "top1" else f"KL {-best_seen[0]:.4f}"
+            progress.update(task, advance=1, info=f"best in budget {shown}")
 
-    cands = search_configs(space, score, candidates, seed, trained, on_result)
+    sensitivity, start = None, []
+    if strategy == "sensitivity":
+        if progress:
+            progress.update(task, description="sensitivity", info=f"each layer's settings against {_label(reference)}")
+
+        def damage_of(choice: dict) -> float:
+            return score(space.config(choice)).kl
+
+        sensitivity = measure_sensitivity(space, damage_of, reference,
+                                          (lambda r: progress.update(task, advance=1)) if progress else None)
+        start = [(allocate(space, sensitivity, reference), "sensitivity")]
+        if progress:
+            progress.update(task, description="search")
+    cands = search_configs(space, score, candidates, seed, trained, on_result, metric, start)
     if rerank_slice is not None:
         if progress:
             progress.update(task, description="re-rank", info=f"{rerank} best on a second slice")
-        n_finalists = len(rerank_finalists(cands, space, lambda c: score(c, rerank_slice), rerank))
+        n_finalists = len(rerank_finalists(cands, space, lambda c: score(c, rerank_slice), rerank, metric))
     out_dir = out_dir or ckpt.parent / f"search-{kind}-{budget_text}-{time.strftime('%Y%m%d-%H%M%S')}"
     best = write_outputs(out_dir, cands, space, f"{cfg.name}, {kind} <= {budget_text}: top-1 on "
-                         f"{described.split(',')[0]} held-out training images")
+                         f"{described.split(',')[0]} held-out training images", metric, sensitivity)
     # the number to report: the validation split, never searched on
     data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
+    val_ref = references.setdefault(id(data.val), reference_logprobs(model, data.val, teacher))
     val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
             **_val(score(best.config, data.val)), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
-    as_trained = evaluate(model, data.val, trained)
     for b in sort_modes(trained, descending=True):
         c = run_costs(run, b)
-        val.append({"setting": f"uniform {b}", "config": "", "bn": "trained", **_val(
-            (as_trained[b]["top1"], as_trained[b]["top5"])), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+        val.append({"setting": f"uniform {b}", "config": "", "bn": "trained",
+                    **_val(score_against(model, data.val, b, val_ref)), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
         val.append({"setting": f"uniform {b}", "config": "", "bn": f"calibrated {calibrate}",
                     **_val(score(BitConfig.uniform(b), data.val)), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
     from .engine.rundir import write_csv
 
-    write_csv(out_dir / "val.csv", [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in val])
+    write_csv(out_dir / "val.csv", [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in val])
     summary = {"checkpoint": str(ckpt), "budget_kind": kind, "budget": budget_text, "budget_value": budget,
-               "candidates": candidates, "seed": seed, "calibration_batches": calibrate, "search_slice": described,
-               "reranked": n_finalists,
+               "strategy": strategy, "metric": metric, "candidates": candidates, "seed": seed,
+               "calibration_batches": calibrate, "search_slice": described, "reranked": n_finalists,
+               "sensitivity_evaluations": len(sensitivity or []),
                "evaluated": len(cands), "seconds": round(time.perf_counter() - started, 1),
                "best": {"config": best.config.to_dict(), "origin": best.origin, "search_top1": best.top1,
+                        "search_kl": best.kl,
                         "rerank_top1": None if best.rerank_top1 != best.rerank_top1 else best.rerank_top1,
                         "gbops": best.bops / 1e9, "size_mb": best.size_mb}, "val": val}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -351,5 +533,13 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     return summary
 
 
-def _val(pair) -> dict:
-    return {"top1": pair[0], "top5": pair[1]}
+def _label(choice: dict) -> str:
+    settings = set(choice.values())
+    if len(settings) == 1:
+        (w, a), = settings
+        return LayerBits(w, a).label
+    return "a mixed configuration"
+
+
+def _val(r: Scores) -> dict:
+    return {"top1": r.top1, "top5": r.top5, "kl": r.kl}
