@@ -309,7 +309,7 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
         raise ValueError("give exactly one budget: --budget-bops X or --budget-size-mb Y")
     kind, budget = ("bops", budget_bops) if budget_bops is not None else ("size_mb", budget_size_mb)
     ck = resolve_checkpoint(target, "last")
-    with make_progress(console, True) as progress:
+    with make_progress(console, True, lines_off_terminal=True) as progress:
         summary = run_search(ck, kind, budget, candidates, seed, calibrate_bn, search_images, device, out,
                              progress, overrides, rerank, strategy, metric)
     measured = summary["sensitivity_evaluations"]

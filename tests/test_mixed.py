@@ -204,7 +204,8 @@ def test_a_budget_only_the_lowest_uniform_mode_fits_answers_with_that_mode(train
 
 def test_rerank_scores_the_best_on_a_second_slice_and_picks_there(trained_run, tmp_path):
     r = qdnn("search", trained_run, "--budget-bops", "4-bit", "--candidates", "6", "--calibrate-bn", "1",
-             "--search-images", "20", "--rerank", "3", "--seed", "0", "--device", "cpu", "--out", tmp_path / "r")
+             "--search-images", "20", "--rerank", "3", "--seed", "0", "--strategy", "evolution", "--metric", "top1",
+             "--device", "cpu", "--out", tmp_path / "r")
     assert r.exit_code == 0, r.output
     rows = read_csv(tmp_path / "r" / "search.csv")
     searched = [x for x in rows if not x["origin"].startswith("uniform") and x["rerank_top1"] != ""]
@@ -233,3 +234,93 @@ def test_the_rerank_slice_shares_no_image_with_the_search_slice_or_the_training_
     assert not rows(first) & rows(second)
     assert not (rows(first) | rows(second)) & rows(calib)
     assert OmegaConf.select(cfg, "data.train_fraction") == 0.5 and "re-ranked on" in what
+
+
+# ----------------------------------------------------------------- sensitivity strategy
+def _toy_space(budget_per_mac: float):
+    """Three layers of 1, 2 and 4 MACs; BOPs = MACs x w x a."""
+    from qdnn_cli.search import Space
+
+    macs = {"a": 1, "b": 2, "c": 4}
+
+    def cost(cfg):
+        return {"bops": float(sum(m * cfg.bits_of(n).w * cfg.bits_of(n).a for n, m in macs.items())), "size_mb": 0.0}
+
+    return Space(list(macs), [2, 3, 4, 8], [2, 3, 4, 8], cost, "bops", budget_per_mac * sum(macs.values()))
+
+
+def _toy_damage(choice):
+    """Separable: layer c hates low weight bits, layer a low activation bits, b is indifferent."""
+    scale = {"a": (0.1, 3.0), "b": (0.2, 0.2), "c": (4.0, 0.1)}
+    return sum(sw / w + sa / a for n, (w, a) in choice.items() for sw, sa in [scale[n]])
+
+
+def test_sensitivity_table_and_knapsack_find_the_best_configuration_in_budget():
+    import itertools
+
+    from qdnn_cli.search import allocate, measure_sensitivity, sensitivity_trials
+
+    space = _toy_space(9)  # uniform 3-bit's BOPs
+    reference = space.uniform(3)
+    table = measure_sensitivity(space, _toy_damage, reference)
+    assert len(table) == sensitivity_trials(space, reference) > 0
+    for r in table:  # a row changes one layer's weight or activation bits and reports the difference
+        changed = {**reference, r["layer"]: (r["w"], r["a"])}
+        assert r["delta_damage"] == pytest.approx(_toy_damage(changed) - _toy_damage(reference))
+        assert (r["w"] == 3) != (r["a"] == 3) and (r["part"] == "weight") == (r["a"] == 3)
+    choice = allocate(space, table, reference)
+    assert space.cost(choice) <= space.budget
+    # the damage here is separable, so the knapsack must find the true optimum: brute force agrees
+    settings = [(w, a) for w in space.w_bits for a in space.a_bits]
+    best = min((dict(zip(space.names, combo)) for combo in itertools.product(settings, repeat=3)
+                if space.cost(dict(zip(space.names, combo))) <= space.budget), key=_toy_damage)
+    assert _toy_damage(choice) == pytest.approx(_toy_damage(best))
+    assert _toy_damage(choice) < _toy_damage(reference)
+    assert choice["c"][0] > 3 and choice["a"][1] > choice["a"][0]  # bits went where they matter
+
+
+def test_knapsack_keeps_to_a_budget_with_no_slack():
+    from qdnn_cli.search import allocate, measure_sensitivity
+
+    space = _toy_space(4)  # uniform 2-bit: nothing but the cheapest configuration fits
+    reference = space.best_uniform([2, 3, 4, 8, 32])
+    assert reference == space.cheapest()
+    assert allocate(space, measure_sensitivity(space, _toy_damage, reference), reference) == space.cheapest()
+
+
+def test_kl_to_full_precision_is_zero_for_full_precision_and_positive_below():
+    from qdnn_cli.data.tensor_loader import TensorBatches
+    from qdnn_cli.search import reference_logprobs, score_against
+
+    torch.manual_seed(0)
+    net = _resnet()
+    images, labels = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (12,))
+    loader = TensorBatches(images, labels, 5, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), shuffle=False)
+    ref = reference_logprobs(net, loader, 32)
+    fp, two = score_against(net, loader, 32, ref), score_against(net, loader, 2, ref)
+    assert fp.kl == pytest.approx(0.0, abs=1e-6) and two.kl > 1e-4
+    with torch.no_grad():
+        set_bit_mode(net, 2)
+        logits = torch.cat([net(x) for x, _ in loader])
+    assert two.top1 == pytest.approx(100 * (logits.argmax(1) == labels).float().mean().item())
+
+
+def test_search_by_sensitivity_writes_its_table_and_picks_by_kl(trained_run, tmp_path):
+    r = qdnn("search", trained_run, "--budget-bops", "3-bit", "--candidates", "4", "--calibrate-bn", "1",
+             "--search-images", "20", "--rerank", "2", "--seed", "0", "--device", "cpu", "--out", tmp_path / "k")
+    assert r.exit_code == 0, r.output
+    assert "single-layer measurements" in r.output and "sensitivity: " in r.output  # progress lines off a terminal
+    table = read_csv(tmp_path / "k" / "sensitivity.csv")
+    assert {x["layer"] for x in table} == {"conv2", "conv3"} and {x["part"] for x in table} == {"weight", "act"}
+    rows = read_csv(tmp_path / "k" / "search.csv")
+    assert [x["origin"] for x in rows if not x["origin"].startswith("uniform")][0] == "sensitivity"
+    finalists = [x for x in rows if not x["origin"].startswith("uniform") and x["rerank_kl"] != ""]
+    winner = min(finalists, key=lambda x: float(x["rerank_kl"]))
+    assert BitConfig.load(tmp_path / "k" / "best.yaml") == BitConfig.from_dict(_config_dict(winner["config"]))
+    val = read_csv(tmp_path / "k" / "val.csv")
+    fp_trained = next(x for x in val if x["setting"] == "uniform 32" and x["bn"] == "trained")
+    assert float(fp_trained["kl"]) == pytest.approx(0.0, abs=1e-6)
+    bad = qdnn("search", trained_run, "--budget-bops", "3-bit", "--strategy", "greedy", "--device", "cpu")
+    assert bad.exit_code == 2 and "--strategy 'greedy'" in bad.output and "Traceback" not in bad.output
+    bad = qdnn("search", trained_run, "--budget-bops", "3-bit", "--metric", "loss", "--device", "cpu")
+    assert bad.exit_code == 2 and "--metric 'loss'" in bad.output

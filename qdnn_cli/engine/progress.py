@@ -21,9 +21,36 @@ class _NoProgress:
         pass
 
 
-def make_progress(console, enabled: bool):
+class _LineProgress(_NoProgress):
+    """Progress for a log file rather than a terminal (a live bar draws nothing there): a
+    line at each tenth of a task and whenever its description changes."""
+
+    def __init__(self, console):
+        self.console, self.tasks = console, {}
+
+    def add_task(self, description, total=None, **fields):
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "shown": -1,
+                                       **fields}
+        return len(self.tasks) - 1
+
+    def update(self, task_id, advance=0, description=None, **fields):
+        t = self.tasks[task_id]
+        changed = description is not None and description != t["description"]
+        t.update(fields, completed=t["completed"] + advance, description=description or t["description"])
+        tenth = int(10 * t["completed"] / t["total"]) if t["total"] else 0
+        if changed or tenth > t["shown"]:
+            t["shown"] = tenth
+            info = f"  {t['info']}" if t.get("info") else ""
+            self.console.print(f"{t['description']}: {t['completed']}/{t['total']}{info}", markup=False,
+                               highlight=False, soft_wrap=True)
+
+
+def make_progress(console, enabled: bool, lines_off_terminal: bool = False):
+    """A live progress bar; off a terminal, with ``lines_off_terminal``, plain lines."""
     if not enabled or console is None:
         return _NoProgress()
+    if lines_off_terminal and not console.is_terminal:
+        return _LineProgress(console)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
