@@ -132,7 +132,7 @@ def test_search_respects_its_budget_and_repeats_with_a_seed(trained_run, tmp_pat
 
 def _config_dict(text):
     layers = dict(item.split("=") for item in text.split())
-    return {"default": 2, "layers": layers}
+    return {"default": layers.pop("default"), "layers": layers}
 
 
 def test_search_budget_below_the_cheapest_configuration_is_one_line(trained_run, tmp_path):
@@ -324,3 +324,22 @@ def test_search_by_sensitivity_writes_its_table_and_picks_by_kl(trained_run, tmp
     assert bad.exit_code == 2 and "--strategy 'greedy'" in bad.output and "Traceback" not in bad.output
     bad = qdnn("search", trained_run, "--budget-bops", "3-bit", "--metric", "loss", "--device", "cpu")
     assert bad.exit_code == 2 and "--metric 'loss'" in bad.output
+
+
+@pytest.mark.parametrize("bits", [3, 8, 32])
+def test_a_uniform_search_choice_is_exactly_that_mode_stem_bn_included(bits):
+    from qdnn_cli.search import Space
+
+    net = _resnet()
+    names = list(quantized_layers(net))
+    space = Space(names, [2, 3, 4, 8, 32], [2, 3, 4, 8, 32], lambda c: {"bops": 0.0, "size_mb": 0.0}, "bops", 1.0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        set_bit_mode(net, bits)
+        expected_state, expected = _state(net), net(x)
+        set_bit_config(net, space.config(space.uniform(bits)))
+        assert _state(net) == expected_state
+        assert torch.equal(net(x), expected)
+        # a mixed choice: the default (the stem's BN) is what most layers run at
+        choice = {**space.uniform(bits), names[0]: (2, 2)}
+        assert space.config(choice).default == LayerBits(*space.uniform(bits)[names[1]])
