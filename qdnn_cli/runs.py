@@ -325,6 +325,11 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
         table.add_row(r["setting"], r["bn"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['kl']:.4f}",
                       f"{r['size_mb']:.3f}", f"{r['gbops']:.3f}")
     console.print(table)
+    v = summary["versus_uniform_on_val"]
+    if v:
+        console.print(f"searched vs uniform {v['uniform']} (BN {v['bn']}) on the same validation images: "
+                      f"{v['delta_top1']:+.2f} points ({v['only_searched']} images only the searched configuration "
+                      f"gets right, {v['only_uniform']} only the uniform mode; McNemar p = {v['p_value']:.3g})")
     console.print(f"written: {summary['out_dir']}/ (search.csv, pareto.csv, pareto.png, best.yaml, val.csv)")
     return summary
 

@@ -75,6 +75,18 @@ class Scores:
     top1: float
     top5: float
     kl: float
+    hits: torch.Tensor | None = None  # per image: top-1 right (bool), when asked for
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Two settings' per-image top-1 hits on the same images: the difference in points,
+    the images only ``a`` (only ``b``) gets right, and the exact two-sided McNemar p-value
+    (a binomial test on those discordant images)."""
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"delta_top1": 100 * (only_a - only_b) / max(1, a.numel()), "only_searched": only_a,
+            "only_uniform": only_b, "p_value": p}
 
 
 @torch.no_grad()
@@ -89,8 +101,9 @@ def reference_logprobs(model, loader, mode) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def score_against(model, loader, setting, reference: list[torch.Tensor]) -> Scores:
-    """Top-1/top-5 % and the mean KL(reference ‖ model) of ``setting`` on ``loader``."""
+def score_against(model, loader, setting, reference: list[torch.Tensor], keep_hits: bool = False) -> Scores:
+    """Top-1/top-5 % and the mean KL(reference ‖ model) of ``setting`` on ``loader``
+    (and which images it gets right, with ``keep_hits``)."""
     from .engine.step import topk_correct
     from .quant.mixed import apply_bits
 
@@ -98,14 +111,17 @@ def score_against(model, loader, setting, reference: list[torch.Tensor]) -> Scor
     apply_bits(model, setting)
     top1 = top5 = kl = 0.0
     n = 0
+    hits = []
     for (x, y), ref in zip(loader, reference, strict=True):
         logp = F.log_softmax(model(x).float(), dim=1)
         t1, t5 = topk_correct(logp, y, 5)
         top1, top5 = top1 + t1.item(), top5 + t5.item()
         kl += F.kl_div(logp, ref, log_target=True, reduction="sum").item()
         n += y.numel()
+        if keep_hits:
+            hits.append((logp.argmax(1) == y).cpu())
     n = max(n, 1)
-    return Scores(100 * top1 / n, 100 * top5 / n, kl / n)
+    return Scores(100 * top1 / n, 100 * top5 / n, kl / n, torch.cat(hits) if keep_hits else None)
 
 
 def parse_budget(text: str, kind: str, cost_of_mode) -> float:
@@ -493,11 +509,11 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     teacher = sort_modes(trained)[-1]  # the most precise trained mode: full precision in a qdnn run
     references: dict[int, list] = {}
 
-    def score(config, loader=slice_) -> Scores:
+    def score(config, loader=slice_, keep_hits=False) -> Scores:
         if id(loader) not in references:
             references[id(loader)] = reference_logprobs(model, loader, teacher)
         calibrate_bn(model, calib, config, calibrate)
-        r = score_against(model, loader, config, references[id(loader)])
+        r = score_against(model, loader, config, references[id(loader)], keep_hits)
         load_bn_state(model, base)
         return r
 
@@ -539,21 +555,28 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     # the number to report: the validation split, never searched on
     data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
     val_ref = references.setdefault(id(data.val), reference_logprobs(model, data.val, teacher))
+    searched = score(best.config, data.val, keep_hits=True)
     val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
-            **_val(score(best.config, data.val)), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
+            **_val(searched), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
+    # the searched configuration against the costliest uniform mode within the budget, image by image
+    rival = next((b for b in sort_modes(trained, descending=True) if _cost(space, _uniform_cost(run, b)) <= budget), None)
+    versus = {}
     for b in sort_modes(trained, descending=True):
         c = run_costs(run, b)
         val.append({"setting": f"uniform {b}", "config": "", "bn": "trained",
                     **_val(score_against(model, data.val, b, val_ref)), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+        recal = score(BitConfig.uniform(b), data.val, keep_hits=b == rival)
         val.append({"setting": f"uniform {b}", "config": "", "bn": f"calibrated {calibrate}",
-                    **_val(score(BitConfig.uniform(b), data.val)), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+                    **_val(recal), "size_mb": c["size_mb"], "gbops": c["bops"] / 1e9})
+        if b == rival:
+            versus = {"uniform": b, "bn": f"calibrated {calibrate}", **paired_comparison(searched.hits, recal.hits)}
     from .engine.rundir import write_csv
 
     write_csv(out_dir / "val.csv", [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in val])
     summary = {"checkpoint": str(ckpt), "budget_kind": kind, "budget": budget_text, "budget_value": budget,
                "strategy": strategy, "metric": metric, "candidates": candidates, "seed": seed,
                "calibration_batches": calibrate, "search_slice": described, "reranked": n_finalists,
-               "sensitivity_evaluations": len(sensitivity or []),
+               "sensitivity_evaluations": len(sensitivity or []), "versus_uniform_on_val": versus,
                "evaluated": len(cands), "seconds": round(time.perf_counter() - started, 1),
                "best": {"config": best.config.to_dict(), "origin": best.origin, "search_top1": best.top1,
                         "search_kl": best.kl,
@@ -562,6 +585,13 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def _uniform_cost(run, mode) -> Candidate:
+    from .engine.evaluation import run_costs
+
+    c = run_costs(run, mode)
+    return Candidate(BitConfig.uniform(mode), f"uniform {mode}", c["size_mb"], c["bops"])
 
 
 def _label(choice: dict) -> str:

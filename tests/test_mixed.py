@@ -320,6 +320,10 @@ def test_search_by_sensitivity_writes_its_table_and_picks_by_kl(trained_run, tmp
     val = read_csv(tmp_path / "k" / "val.csv")
     fp_trained = next(x for x in val if x["setting"] == "uniform 32" and x["bn"] == "trained")
     assert float(fp_trained["kl"]) == pytest.approx(0.0, abs=1e-6)
+    versus = json.loads((tmp_path / "k" / "summary.json").read_text())["versus_uniform_on_val"]
+    three = next(x for x in val if x["setting"] == "uniform 3" and x["bn"] == "calibrated 1")
+    assert versus["uniform"] == 3 and "McNemar p" in r.output
+    assert versus["delta_top1"] == pytest.approx(float(val[0]["top1"]) - float(three["top1"]), abs=1e-3)
     bad = qdnn("search", trained_run, "--budget-bops", "3-bit", "--strategy", "greedy", "--device", "cpu")
     assert bad.exit_code == 2 and "--strategy 'greedy'" in bad.output and "Traceback" not in bad.output
     bad = qdnn("search", trained_run, "--budget-bops", "3-bit", "--metric", "loss", "--device", "cpu")
@@ -343,3 +347,16 @@ def test_a_uniform_search_choice_is_exactly_that_mode_stem_bn_included(bits):
         # a mixed choice: the default (the stem's BN) is what most layers run at
         choice = {**space.uniform(bits), names[0]: (2, 2)}
         assert space.config(choice).default == LayerBits(*space.uniform(bits)[names[1]])
+
+
+def test_paired_comparison_counts_discordant_images_and_gives_the_exact_mcnemar_p():
+    from qdnn_cli.search import paired_comparison
+
+    a = torch.tensor([1, 1, 1, 0, 0], dtype=torch.bool)
+    b = torch.tensor([0, 0, 1, 0, 1], dtype=torch.bool)
+    r = paired_comparison(a, b)
+    assert (r["only_searched"], r["only_uniform"]) == (2, 1) and r["delta_top1"] == pytest.approx(20.0)
+    assert r["p_value"] == pytest.approx(1.0)  # 2 * (1 + 3) / 8, capped at 1
+    ten = paired_comparison(torch.ones(10, dtype=torch.bool), torch.zeros(10, dtype=torch.bool))
+    assert ten["p_value"] == pytest.approx(2 / 1024) and ten["delta_top1"] == pytest.approx(100.0)
+    assert paired_comparison(a, a)["p_value"] == 1.0
