@@ -543,7 +543,7 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
                                           (lambda r: progress.update(task, advance=1)) if progress else None)
         start = [(allocate(space, sensitivity, reference), "sensitivity")]
         if progress:
-            progress.update(task, description="search")
+            progress.update(task, description="search", info="refining the allocation")
     cands = search_configs(space, score, candidates, seed, trained, on_result, metric, start)
     if rerank_slice is not None:
         if progress:
