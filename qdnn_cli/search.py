@@ -551,7 +551,7 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
         n_finalists = len(rerank_finalists(cands, space, lambda c: score(c, rerank_slice), rerank, metric))
     out_dir = out_dir or ckpt.parent / f"search-{kind}-{budget_text}-{time.strftime('%Y%m%d-%H%M%S')}"
     best = write_outputs(out_dir, cands, space, f"{cfg.name}, {kind} <= {budget_text}: top-1 on "
-                         f"{described.split(',')[0]} held-out training images", metric, sensitivity)
+                         f"{described.split(' ')[0]} held-out training images", metric, sensitivity)
     # the number to report: the validation split, never searched on
     data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
     val_ref = references.setdefault(id(data.val), reference_logprobs(model, data.val, teacher))
