@@ -217,11 +217,15 @@ class Space:
         cheap = self.cheapest()
         return [(w, a) for w in self.w_bits for a in self.a_bits if self.cost({**cheap, name: (w, a)}) <= self.budget]
 
-    def best_uniform(self, trained) -> dict:
-        """The most expensive uniform trained mode within budget (the cheapest
-        configuration when none is)."""
+    def best_uniform_mode(self, trained):
+        """The most expensive uniform trained mode within budget, or None."""
         fits = [b for b in sort_modes(trained) if self.cost(self.uniform(b)) <= self.budget]
-        return self.uniform(fits[-1]) if fits else self.cheapest()
+        return fits[-1] if fits else None
+
+    def best_uniform(self, trained) -> dict:
+        """That mode as a choice (the cheapest configuration when no mode fits)."""
+        mode = self.best_uniform_mode(trained)
+        return self.cheapest() if mode is None else self.uniform(mode)
 
     def random(self, rng: random.Random) -> dict:
         return {n: (rng.choice(self.w_bits), rng.choice(self.a_bits)) for n in self.names}
@@ -238,6 +242,17 @@ class Space:
         return {n: (a if rng.random() < 0.5 else b)[n] for n in self.names}
 
 
+def _sensitivity_trials(space: Space, reference: dict):
+    """(layer, "weight" | "act", (w, a)) for every other weight bit-width of each layer,
+    and apart every other activation bit-width, that the budget allows."""
+    for n in space.names:
+        w0, a0 = reference[n]
+        options = set(space.options(n))
+        trials = [("weight", (w, a0)) for w in space.w_bits if w != w0] + \
+                 [("act", (w0, a)) for a in space.a_bits if a != a0]
+        yield from ((n, part, wa) for part, wa in trials if wa in options)
+
+
 def measure_sensitivity(space: Space, damage_of, reference: dict, on_result=None) -> list[dict]:
     """How much (``damage_of``: lower is better, e.g. KL to full precision) each layer's
     weight bits, and apart from them its activation bits, move the model from
@@ -248,32 +263,19 @@ def measure_sensitivity(space: Space, damage_of, reference: dict, on_result=None
     base = damage_of(reference)
     cost0 = space.cost(reference)
     rows = []
-    for n in space.names:
-        w0, a0 = reference[n]
-        options = set(space.options(n))
-        trials = [("weight", (w, a0)) for w in space.w_bits if w != w0] + \
-                 [("act", (w0, a)) for a in space.a_bits if a != a0]
-        for part, wa in trials:
-            if wa not in options:
-                continue
-            trial = {**reference, n: wa}
-            d = damage_of(trial)
-            rows.append({"layer": n, "part": part, "w": wa[0], "a": wa[1], "delta_cost": space.cost(trial) - cost0,
-                         "damage": d, "delta_damage": d - base})
-            if on_result is not None:
-                on_result(rows[-1])
+    for n, part, wa in _sensitivity_trials(space, reference):
+        trial = {**reference, n: wa}
+        d = damage_of(trial)
+        rows.append({"layer": n, "part": part, "w": wa[0], "a": wa[1], "delta_cost": space.cost(trial) - cost0,
+                     "damage": d, "delta_damage": d - base})
+        if on_result is not None:
+            on_result(rows[-1])
     return rows
 
 
 def sensitivity_trials(space: Space, reference: dict) -> int:
     """How many measurements :func:`measure_sensitivity` makes."""
-    count = 0
-    for n in space.names:
-        w0, a0 = reference[n]
-        options = set(space.options(n))
-        count += sum((w, a0) in options for w in space.w_bits if w != w0)
-        count += sum((w0, a) in options for a in space.a_bits if a != a0)
-    return count
+    return sum(1 for _ in _sensitivity_trials(space, reference))
 
 
 def allocate(space: Space, table: list[dict], reference: dict, resolution: int = 2000) -> dict:
@@ -347,9 +349,9 @@ def search_configs(space: Space, score, candidates: int, seed: int, trained: lis
     for b in trained:  # the uniform modes, as reference points (not counted as candidates)
         evaluate(space.uniform(b), f"uniform {b}")
     budgeted = lambda: [c for c in results if not c.origin.startswith("uniform")]  # noqa: E731
-    for choice, origin in start:
+    for choice, origin in start:  # as given: the caller's allocation already fits the budget
         if len(budgeted()) < candidates:
-            evaluate(space.fill(space.repair(choice, rng), rng) if origin != "sensitivity" else choice, origin)
+            evaluate(choice, origin)
     population = max(4, min(16, candidates // 4))
     attempts = 0
     while len(budgeted()) < min(population, candidates) and attempts < 20 * candidates:
@@ -554,12 +556,12 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
                          f"{described.split(' ')[0]} held-out training images", metric, sensitivity)
     # the number to report: the validation split, never searched on
     data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), run.device, int(cfg.seed))
-    val_ref = references.setdefault(id(data.val), reference_logprobs(model, data.val, teacher))
+    val_ref = references[id(data.val)] = reference_logprobs(model, data.val, teacher)
     searched = score(best.config, data.val, keep_hits=True)
     val = [{"setting": f"searched ({kind} <= {budget_text})", "config": "best.yaml", "bn": f"calibrated {calibrate}",
             **_val(searched), "size_mb": best.size_mb, "gbops": best.bops / 1e9}]
     # the searched configuration against the costliest uniform mode within the budget, image by image
-    rival = next((b for b in sort_modes(trained, descending=True) if _cost(space, _uniform_cost(run, b)) <= budget), None)
+    rival = space.best_uniform_mode(trained)
     versus = {}
     for b in sort_modes(trained, descending=True):
         c = run_costs(run, b)
@@ -585,13 +587,6 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     summary["out_dir"] = str(out_dir)
     return summary
-
-
-def _uniform_cost(run, mode) -> Candidate:
-    from .engine.evaluation import run_costs
-
-    c = run_costs(run, mode)
-    return Candidate(BitConfig.uniform(mode), f"uniform {mode}", c["size_mb"], c["bops"])
 
 
 def _label(choice: dict) -> str:
