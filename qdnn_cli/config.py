@@ -170,6 +170,9 @@ def validate(cfg: DictConfig) -> None:
                           "it runs eager (trainer.compile=false)")
     if t.mode_sampling == "mixed" and (t.kind != "quantizable" or len(bits) < 2):
         raise ConfigError("trainer.mode_sampling=mixed needs a quantizable run with several bit modes")
+    if t.mode_batch and t.sync_bn:
+        raise ConfigError("trainer.mode_batch normalises all modes in one BN call, which SyncBatchNorm cannot: "
+                          "use trainer.sync_bn=false or trainer.mode_batch=false")
     if cfg.loss.warmup_epochs and t.compile and t.compile_scope == "step":
         raise ConfigError("loss.warmup_epochs changes the loss every epoch: use trainer.compile_scope=mode with it")
     if cfg.quant.weight_scale != "none" and cfg.quant.weight not in ("dorefa", "pact"):

@@ -73,6 +73,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: Any = False          # false | true | a torch.compile mode name
     compile_scope: str = "mode"
+    mode_batch: bool = False      # all bit modes of a step in one forward/backward (qdnn_cli/quant/slots.py)
     mode_sampling: str = "all"
     sandwich_k: int = 1
     mixed_k: int = 2

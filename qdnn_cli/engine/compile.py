@@ -55,7 +55,7 @@ def compile_model(model, n_modes: int, mode: str = "default"):
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
-def whole_step(model, loss_fn, distill: bool, amp_ctx=None):
+def whole_step(model, loss_fn, distill: bool, amp_ctx=None, batched: bool = False):
     """``(x, y, modes) -> (summed loss, per-mode stats)``: :func:`~.step.mode_losses` with
     no per-mode backward, the function that ``compile_scope=step`` compiles whole.
 
@@ -68,4 +68,4 @@ def whole_step(model, loss_fn, distill: bool, amp_ctx=None):
     from .step import mode_losses
 
     return functools.partial(mode_losses, model, loss_fn=loss_fn, distill=distill,
-                             amp_ctx=amp_ctx or contextlib.nullcontext)
+                             amp_ctx=amp_ctx or contextlib.nullcontext, batched=batched)

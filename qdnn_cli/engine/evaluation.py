@@ -21,6 +21,7 @@ from ..models import build_model
 from ..quant import BitConfig, BitModeError, BitSpecificBN, QuantSpec, model_modes, parse_mode, sort_modes
 from ..quant.calibrate import mark_calibrated
 from ..quant.mixed import apply_bits, check_config
+from ..quant.slots import mode_batch, split_slots
 from ..quant.modes import act_bits, mode_from_code, nearest_mode, weight_bits
 from .checkpoint import safe_load
 from .device import resolve_device
@@ -29,18 +30,28 @@ from .step import topk_correct
 _MODE_KEY = re.compile(r"\.(bn|alpha|step)\.(\d+|w\d+a\d+|shared)(\.|$)")
 
 
+def _mode_logits(model, x, modes, amp_ctx, batched: bool):
+    """(mode, logits) of every mode on one batch: one mode batch, or mode after mode."""
+    if batched:
+        with mode_batch(model, modes), amp_ctx():
+            yield from zip(modes, split_slots(model(x), len(modes)))
+        return
+    for m in modes:
+        apply_bits(model, m)
+        with amp_ctx():
+            yield m, model(x)
+
+
 @torch.no_grad()
-def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx=None) -> dict:
-    """Top-1/top-5/loss per mode; each batch is read once and run through every mode.
-    Under torchrun the counts are summed over ranks (``dist_ctx``)."""
+def evaluate(model, loader, modes, amp_ctx=contextlib.nullcontext, dist_ctx=None, batched: bool = False) -> dict:
+    """Top-1/top-5/loss per mode; each batch is read once and run through every mode
+    (``batched``: all modes in one forward). Under torchrun the counts are summed over
+    ranks (``dist_ctx``)."""
     model.eval()
     device = next(model.parameters()).device
     sums = {m: torch.zeros(4, device=device, dtype=torch.float64) for m in modes}  # loss, top1, top5, n
     for x, y in loader:
-        for m in modes:
-            apply_bits(model, m)
-            with amp_ctx():
-                logits = model(x)
+        for m, logits in _mode_logits(model, x, modes, amp_ctx, batched and len(modes) > 1):
             logits = logits.float()
             top1, top5 = topk_correct(logits, y, 5)
             s = sums[m]

@@ -23,7 +23,7 @@ from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calib
 from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
-from .device import peak_memory_mb, resolve_device
+from .device import keep_freed_cpu_memory, peak_memory_mb, resolve_device
 from .distributed import DistContext
 from .evaluation import evaluate, quant_spec
 from .interrupt import KILL_AT_ENV, RunInterrupted, StopSignals, epoch_position, fault_hooks, restore_position  # noqa: F401
@@ -62,6 +62,9 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
         self.channels_last = bool(t.channels_last)
+        self.mode_batch = bool(t.get("mode_batch", False)) and self.distill  # one forward for all modes
+        if self.mode_batch and self.device.type == "cpu":
+            keep_freed_cpu_memory()  # large slot-batched activations: no page faults per step
         if self.device.type == "cuda":
             # fixed input shapes: let cuDNN pick the fastest convolution per layer once
             torch.backends.cudnn.benchmark = True
@@ -139,8 +142,8 @@ class Trainer:
         self.cudagraphs = self.device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
         if t.get("compile_scope", "mode") == "step":
             n_sets = mode_sets(self.modes_desc, t.mode_sampling, int(t.sandwich_k))
-            self.compiled_step = compile_step(whole_step(self.model, self.loss_fn, self.distill, self.amp_ctx),
-                                              n_sets, mode)
+            self.compiled_step = compile_step(whole_step(self.model, self.loss_fn, self.distill, self.amp_ctx,
+                                                         self.mode_batch), n_sets, mode)
         else:
             self.forward = compile_model(self.model, len(self.modes_desc), mode)
         self.log(f"torch.compile (mode {mode}, scope {t.get('compile_scope', 'mode')}): the first steps compile "
@@ -210,7 +213,8 @@ class Trainer:
                 ev, eval_s = None, 0.0
                 if (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs:
                     started = time.perf_counter()
-                    ev = final = evaluate(self.model, self.data.val, self.modes_desc, self.amp_ctx, self.dist)
+                    ev = final = evaluate(self.model, self.data.val, self.modes_desc, self.amp_ctx, self.dist,
+                                          self.mode_batch)
                     eval_s = time.perf_counter() - started
                 rows = self.metric_rows(epoch + 1, stats, timer, ev, lr, train_s, eval_s, data_share, images)
                 self.end_epoch(epoch + 1, rows, ev)
@@ -293,7 +297,8 @@ class Trainer:
             self.scaler.scale(loss).backward()  # unchanged loss unless fp16
         else:
             _, per_mode = mode_losses(self.model, x, y, modes, self.epoch_loss, self.distill, self.forward,
-                                      self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer)
+                                      self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer,
+                                      batched=self.mode_batch)
         for m, (ce, top1, top5) in per_mode.items():
             stats.add(m if isinstance(m, (int, str)) else "mixed", ce, top1, top5, y.numel())
         self.dist.average_gradients(self.model.parameters())

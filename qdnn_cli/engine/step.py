@@ -4,6 +4,9 @@
 each mode's graph is freed right after its forward; the compiled whole-step graph
 (``trainer.compile_scope=step``) passes none and gets the summed loss back for one
 backward. Both give the same gradients because every teacher is detached.
+``batched=True`` (``trainer.mode_batch``) runs every mode in one forward (a mode batch,
+:mod:`qdnn_cli.quant.slots`) and one backward: the same losses and gradients, far fewer
+and larger kernels.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from ..quant import BitConfig, LayerBits
 from ..quant.mixed import apply_bits
 from ..quant.modes import act_bits, weight_bits
+from ..quant.slots import mode_batch, split_slots
 from .losses import QuantizableLoss
 
 
@@ -115,7 +119,7 @@ class EpochStats:
 
 def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, forward: Callable | None = None,
                 amp_ctx=contextlib.nullcontext, backward: Callable | None = None,
-                timer: ModeTimer | None = None):
+                timer: ModeTimer | None = None, batched: bool = False):
     """Forward and loss of every mode in ``modes`` (highest first) on one batch.
 
     Returns ``(summed loss, {mode: (ce, top-1 hits, top-5 hits)})``, all detached but the
@@ -124,16 +128,26 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
     mode's backward waits for the lower modes only when its loss depends on them
     (``loss.fp_weight``). ``distill=False``: plain CE per mode (dedicated runs).
     ``forward`` defaults to ``model`` (a per-mode compiled model is passed here).
+    ``batched``: all modes in one forward, their summed loss in one backward (no timer:
+    per-mode time is not separable).
     """
     forward = model if forward is None else forward  # bool() of a compiled module calls len()
     scale = loss_fn.mode_scale(len(modes))
     top_waits = distill and bool(loss_fn.consistency and loss_fn.fp_weight) and len(modes) > 1
     logits_by_mode, per_mode, total, top = {}, {}, None, None
-    for m in modes:
+    batched_backward, batch_logits = None, None
+    if batched:
+        batched_backward, backward, timer = backward, None, None
+        with mode_batch(model, modes), amp_ctx():
+            batch_logits = split_slots(forward(x), len(modes))
+    for i, m in enumerate(modes):
         started = timer.start() if timer is not None else None
-        apply_bits(model, m)  # a bit mode, or a per-layer configuration (mode_sampling=mixed)
-        with amp_ctx():
-            logits = forward(x)
+        if batch_logits is not None:
+            logits = batch_logits[i]
+        else:
+            apply_bits(model, m)  # a bit mode, or a per-layer configuration (mode_sampling=mixed)
+            with amp_ctx():
+                logits = forward(x)
         teacher = loss_fn.teacher(m, modes, logits_by_mode) if distill else None
         loss, ce = loss_fn.mode_loss(logits, y, teacher, m == modes[0])
         loss = loss * scale if scale != 1 else loss
@@ -154,4 +168,7 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
             backward(loss)
         else:
             total = loss if total is None else total + loss
+    if batched_backward is not None:
+        batched_backward(total)
+        total = None
     return total, per_mode

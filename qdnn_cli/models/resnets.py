@@ -63,13 +63,16 @@ class CifarBasicBlock(nn.Module):
         self.conv2 = conv3x3(cout, cout, spec)
         self.bn2 = BitSpecificBN(cout, spec)
         self.pad = cout - cin if (stride != 1 or cin != cout) else 0
-        self.stride = stride
+        self.stride, self.cin = stride, cin
 
     def shortcut(self, x):
         if self.pad == 0 and self.stride == 1:
             return x
         x = x[:, :, :: self.stride, :: self.stride]
         half = self.pad // 2
+        slots = x.shape[1] // self.cin  # a mode batch (qdnn_cli/quant/slots.py) pads each slot's channels
+        if slots > 1:
+            return F.pad(x.unflatten(1, (slots, self.cin)), (0, 0, 0, 0, half, self.pad - half)).flatten(1, 2)
         return F.pad(x, (0, 0, 0, 0, half, self.pad - half))
 
     def forward(self, x):

@@ -4,6 +4,13 @@ Each switchable layer holds its own current weight and activation bits (``w_bits
 ``a_bits``; a Bit-Specific BN its mode), set by :func:`set_bit_mode`. Layers read
 nothing global. Switching walks a list of switchable layers cached on the model once,
 so calling it per batch costs microseconds.
+
+Mode batch: when a layer's ``slots`` is set (by :mod:`.slots`), it runs every slot's
+bits at once. Activations then carry the slots side by side in the channel axis
+(``[batch, slots·channels, ...]``): a convolution is one grouped convolution whose weight
+stacks each slot's quantized weight, a BN one normalisation over slots × channels with
+each slot's own parameters and statistics. A layer given the un-batched input (the
+stem's images) computes it once and hands every slot the result.
 """
 from __future__ import annotations
 
@@ -80,12 +87,34 @@ class QConv2d(nn.Conv2d, _Switchable):
                                                             max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if self.quantize_input else None
 
+        self.slots: tuple[tuple[int, int], ...] | None = None  # (w, a) per slot in a mode batch
+
     def forward(self, x):
+        if self.slots is not None:
+            return self._forward_slots(x, self.slots)
         if not self.quantize:
             return self._conv_forward(x, self.weight, self.bias)
         if self.act_quant is not None:
             x = self.act_quant(x, self.a_bits)  # bits 32 passes x through
         return self._conv_forward(x, self.weight_quant(self.weight, self.w_bits), self.bias)
+
+    def _forward_slots(self, x, slots):
+        n = len(slots)
+        batched = _slot_input(x, 1, self.in_channels, n, type(self).__name__)
+        bias = None if self.bias is None else self.bias.repeat(n)
+        if not self.quantize:
+            if not batched:  # one computation serves every slot
+                out = self._conv_forward(x, self.weight, self.bias)
+                return out.repeat(1, n, 1, 1) if n > 1 else out
+            return F.conv2d(x, self.weight.repeat(n, 1, 1, 1), bias, self.stride, self.padding, self.dilation,
+                            self.groups * n)
+        if not batched and (self.act_quant is not None or self.groups != 1):
+            x, batched = x.repeat(1, n, 1, 1), True
+        if self.act_quant is not None:
+            x = self.act_quant.forward_slots(x.unflatten(1, (n, -1)), tuple(a for _, a in slots)).flatten(1, 2)
+        weight = torch.cat(_slot_weights(self, slots))
+        # un-batched input: stacking the weights along output channels gives every slot's output
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * n if batched else 1)
 
 
 class QLinear(nn.Linear, _Switchable):
@@ -99,10 +128,26 @@ class QLinear(nn.Linear, _Switchable):
                                                             max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if quantize else None
 
+        self.slots: tuple[tuple[int, int], ...] | None = None
+
     def forward(self, x):
+        if self.slots is not None:
+            return self._forward_slots(x, self.slots)
         if not self.quantize:
             return F.linear(x, self.weight, self.bias)
         return F.linear(self.act_quant(x, self.a_bits), self.weight_quant(self.weight, self.w_bits), self.bias)
+
+    def _forward_slots(self, x, slots):
+        n = len(slots)
+        if _slot_input(x, -1, self.in_features, n, "QLinear"):
+            x = x.unflatten(-1, (n, self.in_features))
+        else:
+            x = x.unsqueeze(-2).expand(*x.shape[:-1], n, self.in_features)
+        if not self.quantize:
+            return F.linear(x, self.weight, self.bias).flatten(-2)
+        x = self.act_quant.forward_slots(x, tuple(a for _, a in slots))
+        out = torch.einsum("bsi,soi->bso", x, torch.stack(_slot_weights(self, slots)))
+        return (out if self.bias is None else out + self.bias).flatten(-2)
 
 
 class BitSpecificBN(nn.Module, _Switchable):
@@ -122,12 +167,72 @@ class BitSpecificBN(nn.Module, _Switchable):
         self.bn = nn.ModuleDict({k: bn_cls(channels) for k in keys})
         self._key = keys[-1]
 
+        self.slots: tuple[str, ...] | None = None  # the BN key of each slot in a mode batch
+
     def set_mode(self, mode: Mode) -> None:
         self.mode = mode
         self._key = "shared" if self.shared else str(mode)
 
     def forward(self, x):
+        if self.slots is not None:
+            return self._forward_slots(x, self.slots)
         return self.bn[self._key](x)
+
+    def _forward_slots(self, x, keys):
+        n = len(keys)
+        first = self.bn[keys[0]]
+        if not _slot_input(x, 1, first.num_features, n, "BitSpecificBN"):
+            x = x.repeat(1, n, *[1] * (x.dim() - 2))
+        norms = [self.bn[k] for k in keys]
+        weight = torch.cat([bn.weight for bn in norms])
+        bias = torch.cat([bn.bias for bn in norms])
+        if not self.training:
+            mean = torch.cat([bn.running_mean for bn in norms])
+            var = torch.cat([bn.running_var for bn in norms])
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
+        for bn in norms:
+            bn.num_batches_tracked.add_(1)
+        momentum = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked) for bn in norms]
+        c = first.num_features
+        if len(set(keys)) == n and len(set(momentum)) == 1:
+            # each slot its own BN: the statistics update in the one call, then back to each BN
+            mean = torch.cat([bn.running_mean for bn in norms])
+            var = torch.cat([bn.running_var for bn in norms])
+            out = F.batch_norm(x, mean, var, weight, bias, True, momentum[0], first.eps)
+            with torch.no_grad():
+                for i, bn in enumerate(norms):
+                    bn.running_mean.copy_(mean[i * c:(i + 1) * c])
+                    bn.running_var.copy_(var[i * c:(i + 1) * c])
+            return out
+        # slots sharing a BN (shared BN, mixed configurations): its statistics move once per
+        # slot, in slot order, as they do when the modes run one after another
+        out = F.batch_norm(x, None, None, weight, bias, True, 0.0, first.eps)
+        with torch.no_grad():
+            var, mean = torch.var_mean(x.detach().float(), dim=[0, *range(2, x.dim())], correction=1)
+            for i, (bn, f) in enumerate(zip(norms, momentum)):
+                bn.running_mean.lerp_(mean[i * c:(i + 1) * c].to(bn.running_mean.dtype), f)
+                bn.running_var.lerp_(var[i * c:(i + 1) * c].to(bn.running_var.dtype), f)
+        return out
+
+
+def _slot_input(x: torch.Tensor, dim: int, features: int, slots: int, layer: str) -> bool:
+    """True when ``x`` holds every slot side by side along ``dim``, False when it is the
+    one input all slots share."""
+    if x.shape[dim] == features * slots:
+        return True
+    if x.shape[dim] == features:
+        return False
+    raise ValueError(f"{layer} in a batch of {slots} modes got {x.shape[dim]} features, "
+                     f"expected {features} or {features * slots}")
+
+
+def _slot_weights(layer, slots) -> list[torch.Tensor]:
+    """Each slot's quantized weight; slots with the same weight bits share one tensor."""
+    by_bits: dict[int, torch.Tensor] = {}
+    for w, _ in slots:
+        if w not in by_bits:
+            by_bits[w] = layer.weight_quant(layer.weight, w)
+    return [by_bits[w] for w, _ in slots]
 
 
 # ----------------------------------------------------------------------------- switching

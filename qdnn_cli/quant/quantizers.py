@@ -38,6 +38,54 @@ def _as_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.float()
 
 
+# --------------------------------------------------------------------------- mode slots
+# A mode-batched forward (:mod:`.slots`) runs several bit modes side by side: the tensor
+# has a slot axis at dim 1 (``[batch, slots, ...]``) and each slot its own bits. The
+# per-slot constants (levels, ranges, the full-precision mask) are small tensors shaped to
+# broadcast over that axis, cached per (bits, shape, device) so a step builds none.
+def _slot_shape(x: torch.Tensor) -> list[int]:
+    return [1, x.shape[1]] + [1] * (x.dim() - 2)
+
+
+def _slot_constant(owner: nn.Module, name: str, values: tuple, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    cache = owner.__dict__.setdefault("_qdnn_slot_constants", {})
+    key = (name, values, x.dim(), x.device)
+    t = cache.get(key)
+    if t is None:
+        t = torch.tensor(values, dtype=dtype, device=x.device).view(_slot_shape(x))
+        cache[key] = t
+    return t
+
+
+def _quantized_runs(bits: tuple[int, ...]) -> list[tuple[int, int, bool]]:
+    """Maximal runs of consecutive slots, (start, end, quantized): modes come sorted, so
+    the full-precision slot is one run at the start and the quantized slots one run."""
+    runs: list[tuple[int, int, bool]] = []
+    for i, b in enumerate(bits):
+        q = b != FULL_PRECISION
+        if runs and runs[-1][2] == q:
+            runs[-1] = (runs[-1][0], i + 1, q)
+        else:
+            runs.append((i, i + 1, q))
+    return runs
+
+
+def _on_quantized_slots(quantize, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """``quantize(x_run, bits_run)`` on the runs of quantized slots; full-precision slots
+    pass through. (A single concatenation: cheaper than a masked select, whose forward
+    and backward each read three full tensors.)"""
+    runs = _quantized_runs(bits)
+    if len(runs) == 1:
+        return quantize(x, bits) if runs[0][2] else x
+    parts = [quantize(x[:, a:b], bits[a:b]) if q else x[:, a:b] for a, b, q in runs]
+    return torch.cat(parts, dim=1)
+
+
+def _split_slots(quantize, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    """Any quantizer over slots, one slot at a time (the reference the fused forms equal)."""
+    return torch.stack([quantize(x[:, i], b) for i, b in enumerate(bits)], dim=1)
+
+
 class _ClampRound(torch.autograd.Function):
     """y = round(clamp(x, 0, 1)·n)·(1/n); dy/dx = 1 inside (0, 1), 0 where clamped."""
 
@@ -52,6 +100,38 @@ class _ClampRound(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0), None
+
+
+class _SlotClampRound(torch.autograd.Function):
+    """:class:`_ClampRound` over the slots of a mode batch (``[batch, slots, ...]``), with
+    per-slot levels ``n``; slots outside the quantized runs pass through unchanged. Writes
+    each run into one output of x's layout: no masked select and no concatenation (whose
+    backward would materialise a zero-filled full-size gradient per slice)."""
+
+    @staticmethod
+    def forward(ctx, x, n, runs):
+        y = torch.empty_like(x)
+        for a, b, quantized in runs:
+            if quantized:
+                part = y[:, a:b]
+                torch.clamp(x[:, a:b], 0.0, 1.0, out=part)
+                part.mul_(n[:, a:b]).round_().mul_(1.0 / n[:, a:b])
+            else:
+                y[:, a:b] = x[:, a:b]
+        ctx.save_for_backward(x)
+        ctx.runs = runs
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        dx = torch.empty_like(grad)
+        for a, b, quantized in ctx.runs:
+            if quantized:
+                torch.ops.aten.hardtanh_backward.grad_input(grad[:, a:b], x[:, a:b], 0.0, 1.0, grad_input=dx[:, a:b])
+            else:
+                dx[:, a:b] = grad[:, a:b]
+        return dx, None, None
 
 
 class _Round(torch.autograd.Function):
@@ -148,27 +228,47 @@ class NaiveDoReFaWeight(WeightQuantizer):
         return naive_dorefa_weight(w, bits)
 
 
-class DoReFaAct(nn.Module):
-    """Clamp to [0, 1] and round to k bits; full precision passes through."""
+class ActQuantizer(nn.Module):
+    """Base: ``forward(x, bits)``; ``forward_slots(x, bits_per_slot)`` quantizes each slot
+    of ``x`` (``[batch, slots, ...]``) at its own bits, equal to one ``forward`` per slot."""
 
     def __init__(self, modes: tuple[int, ...]):
         super().__init__()
         self.modes = tuple(modes)
+
+    def forward(self, x, bits):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_slots(self, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+        if all(b == FULL_PRECISION for b in bits):
+            return x
+        return _split_slots(self.forward, x, bits)
+
+
+class DoReFaAct(ActQuantizer):
+    """Clamp to [0, 1] and round to k bits; full precision passes through."""
 
     def forward(self, x, bits):
         if bits == FULL_PRECISION:
             return x
         return quantize_unit(x, bits)
 
+    def forward_slots(self, x, bits):
+        runs = _quantized_runs(bits)
+        if not any(q for _, _, q in runs):
+            return x
+        n = _slot_constant(self, "levels", tuple(_levels(b) if b != FULL_PRECISION else 1 for b in bits), x)
+        return _SlotClampRound.apply(_as_float32(x), n, tuple(runs))
 
-class NaiveDoReFaAct(DoReFaAct):
+
+class NaiveDoReFaAct(ActQuantizer):
     def forward(self, x, bits):
         if bits == FULL_PRECISION:
             return x
         return naive_quantize_unit(x, bits)
 
 
-class PACTAct(nn.Module):
+class PACTAct(ActQuantizer):
     """PACT: clip at a learned level alpha, one alpha per bit mode (AdaBits' switchable clip).
 
     y = round(clamp(x, 0, alpha) / alpha * n) * alpha / n. Gradient: straight through
@@ -176,8 +276,7 @@ class PACTAct(nn.Module):
     """
 
     def __init__(self, modes: tuple[int, ...], init_alpha: float = 8.0):
-        super().__init__()
-        self.modes = tuple(modes)
+        super().__init__(modes)
         self.alpha = nn.ParameterDict(
             {str(b): nn.Parameter(torch.tensor(float(init_alpha))) for b in modes if b != FULL_PRECISION}
         )
@@ -194,8 +293,19 @@ class PACTAct(nn.Module):
         q = unit + (torch.round(unit * n) / n - unit).detach()
         return q * alpha
 
+    def forward_slots(self, x, bits):
+        return _on_quantized_slots(self._quantize_slots, x, bits)
 
-class LSQQuantizer(nn.Module):
+    def _quantize_slots(self, x, bits):
+        x = _as_float32(x)
+        alpha = torch.stack([self.alpha[str(b)] for b in bits]).view(_slot_shape(x))
+        n = _slot_constant(self, "levels", tuple(_levels(b) for b in bits), x)
+        unit = torch.minimum(torch.relu(x), alpha) / alpha
+        q = unit + (torch.round(unit * n) / n - unit).detach()
+        return q * alpha
+
+
+class LSQQuantizer(ActQuantizer):
     """LSQ: learned step size per bit mode, for weights (signed) or activations (unsigned).
 
     y = round(clamp(x / s, qmin, qmax)) * s, straight-through inside the range with the
@@ -205,8 +315,7 @@ class LSQQuantizer(nn.Module):
     """
 
     def __init__(self, modes: tuple[int, ...], signed: bool):
-        super().__init__()
-        self.modes = tuple(modes)
+        super().__init__(modes)
         self.signed = signed
         keys = [str(b) for b in modes if b != FULL_PRECISION]
         self.step = nn.ParameterDict({k: nn.Parameter(torch.tensor(0.0)) for k in keys})
@@ -244,6 +353,27 @@ class LSQQuantizer(nn.Module):
             self._ready.add(key)
         g = 1.0 / ((x.numel() * qmax) ** 0.5)
         s = step * g + (step - step * g).detach()  # gradient scaled, value unchanged
+        v = torch.clamp(x / s, qmin, qmax)
+        return (v + (torch.round(v) - v).detach()) * s
+
+    def forward_slots(self, x, bits):
+        return _on_quantized_slots(self._quantize_slots, x, bits)
+
+    def _quantize_slots(self, x, bits):
+        x = _as_float32(x)
+        if self.training and any(str(b) not in self._ready for b in bits):
+            for i, b in enumerate(bits):  # first sight of a mode: its step from its own slot
+                if str(b) not in self._ready and self.step[str(b)].item() <= 0:
+                    with torch.no_grad():
+                        self.step[str(b)].copy_(2 * x[:, i].detach().abs().mean() / (self._range(b)[1] ** 0.5) + 1e-8)
+                self._ready.add(str(b))
+        ranges = [self._range(b) for b in bits]
+        per_slot = x[:, 0].numel()
+        qmin = _slot_constant(self, "qmin", tuple(r[0] for r in ranges), x)
+        qmax = _slot_constant(self, "qmax", tuple(r[1] for r in ranges), x)
+        g = _slot_constant(self, f"grad_scale{per_slot}", tuple(1.0 / ((per_slot * r[1]) ** 0.5) for r in ranges), x)
+        step = torch.stack([self.step[str(b)] for b in bits]).view(_slot_shape(x))
+        s = step * g + (step - step * g).detach()
         v = torch.clamp(x / s, qmin, qmax)
         return (v + (torch.round(v) - v).detach()) * s
 

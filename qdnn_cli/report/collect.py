@@ -23,7 +23,7 @@ from ..quant import label_mode, parse_mode
 # keys that do not change what a run measures
 NON_VARIANT = ("name", "seed", "out_dir", "data.root", "data.download", "data.workers", "trainer.device",
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
-               "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope",
+               "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope", "trainer.mode_batch",
                "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind")
 BUDGET = ("trainer.epochs", "data.train_fraction")
 # readable names for the differences people ablate most
