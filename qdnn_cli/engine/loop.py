@@ -40,6 +40,18 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
+@dataclasses.dataclass
+class EpochState:
+    """Where one run is within an epoch: its mode sampler, running sums, first step
+    (a mid-epoch checkpoint's) and images trained so far."""
+    epoch: int
+    mode_rng: random.Random
+    stats: EpochStats
+    timer: ModeTimer
+    first: int = 0
+    images: int = 0
+
+
 class Trainer:
     """Owns one run directory. ``fit()`` trains to ``trainer.epochs`` (resuming if possible)."""
 
@@ -189,8 +201,8 @@ class Trainer:
         mark_calibrated(self.model)
 
     # -- the loop ------------------------------------------------------------------------
-    def fit(self, on_ready=None) -> dict:
-        """Train to ``trainer.epochs``; the caller holds the run directory's lock."""
+    def prepare(self, on_ready=None) -> None:
+        """Everything before the first epoch: build, resume, calibrate, loggers."""
         self.setup()
         self.try_resume()
         self.calibrate()
@@ -199,52 +211,76 @@ class Trainer:
         if on_ready is not None and self.dist.is_main:
             on_ready()
         t = self.cfg.trainer
-        end = self.epochs if not t.get("stop_after") else min(self.epochs, self.start_epoch + int(t.stop_after))
-        eval_every = max(1, int(t.get("eval_every", 1)))
-        final = None
+        self.end = self.epochs if not t.get("stop_after") else min(self.epochs, self.start_epoch + int(t.stop_after))
+        self.final = None
         self.files.status("running", self.start_epoch)
+
+    def fit(self, on_ready=None) -> dict:
+        """Train to ``trainer.epochs``; the caller holds the run directory's lock."""
+        self.prepare(on_ready)
+        t = self.cfg.trainer
         with self.stop, make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
-            for epoch in range(self.start_epoch, end):
-                stats, timer, train_s, data_share, images = self.train_epoch(epoch, progress)
-                lr = self.last_lr  # the last step's (per-epoch schedules: the epoch's)
-                if not self.per_step_schedule:
-                    self.scheduler.step()
-                self.dist.broadcast_buffers(self.model)  # every rank evaluates rank 0's BN statistics
-                ev, eval_s = None, 0.0
-                if (epoch + 1) % eval_every == 0 or epoch + 1 == self.epochs:
-                    started = time.perf_counter()
-                    ev = final = evaluate(self.model, self.data.val, self.modes_desc, self.amp_ctx, self.dist,
-                                          self.mode_batch)
-                    eval_s = time.perf_counter() - started
-                rows = self.metric_rows(epoch + 1, stats, timer, ev, lr, train_s, eval_s, data_share, images)
-                self.end_epoch(epoch + 1, rows, ev)
-                self.log(epoch_line(epoch + 1, self.epochs, ev, stats, train_s))
+            for epoch in range(self.start_epoch, self.end):
+                self.close_epoch(epoch, *self.train_epoch(epoch, progress))
+        return self.finish()
+
+    def close_epoch(self, epoch: int, stats, timer, train_s, data_share, images) -> None:
+        """After an epoch's steps: schedule, evaluate, record, log."""
+        lr = self.last_lr  # the last step's (per-epoch schedules: the epoch's)
+        if not self.per_step_schedule:
+            self.scheduler.step()
+        self.dist.broadcast_buffers(self.model)  # every rank evaluates rank 0's BN statistics
+        ev, eval_s = None, 0.0
+        if (epoch + 1) % max(1, int(self.cfg.trainer.get("eval_every", 1))) == 0 or epoch + 1 == self.epochs:
+            started = time.perf_counter()
+            ev = self.final = evaluate(self.model, self.data.val, self.modes_desc, self.amp_ctx, self.dist,
+                                       self.mode_batch)
+            eval_s = time.perf_counter() - started
+        rows = self.metric_rows(epoch + 1, stats, timer, ev, lr, train_s, eval_s, data_share, images)
+        self.end_epoch(epoch + 1, rows, ev)
+        self.log(epoch_line(epoch + 1, self.epochs, ev, stats, train_s))
+
+    def finish(self) -> dict:
         for logger in self.loggers:
             logger.close()
-        final = final or last_eval(self.history)  # nothing left to train: the stored last epoch
-        if end < self.epochs:  # time-boxed invocation: leave a resumable run
-            self.files.status("stopped", end, "trainer.stop_after reached; run again to continue")
-            self.log(f"stopped after epoch {end} of {self.epochs} (trainer.stop_after); run again to resume")
+        final = self.final or last_eval(self.history)  # nothing left to train: the stored last epoch
+        if self.end < self.epochs:  # time-boxed invocation: leave a resumable run
+            self.files.status("stopped", self.end, "trainer.stop_after reached; run again to continue")
+            self.log(f"stopped after epoch {self.end} of {self.epochs} (trainer.stop_after); run again to resume")
             return final
         self.files.results(final, self.history, self.modes_desc)
         self.files.status("finished", self.epochs)
         self.dist.barrier()
         return final
 
+    def open_epoch(self, epoch: int) -> "EpochState":
+        """Start epoch ``epoch`` (0-based): data order, loss, mode sampling, and where a
+        mid-epoch checkpoint left it."""
+        self.data.train.set_epoch(epoch)
+        self.epoch_loss = self.loss_fn.at_epoch(epoch)
+        state = EpochState(epoch, random.Random(int(self.cfg.seed) * 7919 + epoch), EpochStats(),
+                           ModeTimer(self.device))
+        self.model.train()
+        if self.position is not None:  # a mid-epoch checkpoint: continue at its batch
+            state.first = int(self.position["step"])
+            state.images = restore_position(self.position, state.stats, state.mode_rng, self.device)
+            self.data.train.skip(state.first)
+            self.position = None
+        return state
+
+    def step_modes(self, state: "EpochState") -> list:
+        """The bit modes (and, with mode_sampling=mixed, per-layer configurations) of one step."""
+        t = self.cfg.trainer
+        modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), state.mode_rng)
+        if t.mode_sampling == "mixed":  # k per-layer configurations, distilled from the top mode
+            modes += [random_config(self.layer_names, self.modes_desc, state.mode_rng) for _ in range(int(t.mixed_k))]
+        return modes
+
     def train_epoch(self, epoch: int, progress):
         """One pass over the training data; returns (stats, timer, seconds, data-time share, images)."""
         t = self.cfg.trainer
-        self.data.train.set_epoch(epoch)
-        self.epoch_loss = self.loss_fn.at_epoch(epoch)
-        mode_rng = random.Random(int(self.cfg.seed) * 7919 + epoch)
-        self.model.train()
-        stats, timer = EpochStats(), ModeTimer(self.device)
-        first, images = 0, 0
-        if self.position is not None:  # a mid-epoch checkpoint: continue at its batch
-            first = int(self.position["step"])
-            images = restore_position(self.position, stats, mode_rng, self.device)
-            self.data.train.skip(first)
-            self.position = None
+        state = self.open_epoch(epoch)
+        stats, timer, first = state.stats, state.timer, state.first
         steps = self.steps_per_epoch
         log_every = max(1, int(t.get("log_every", 20)))
         task = progress.add_task(f"epoch {epoch + 1}/{self.epochs}", total=steps, info="", completed=first)
@@ -254,29 +290,26 @@ class Trainer:
             if step >= steps:
                 break
             data_time += time.perf_counter() - t_data
-            modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), mode_rng)
-            if t.mode_sampling == "mixed":  # k per-layer configurations, distilled from the top mode
-                modes += [random_config(self.layer_names, self.modes_desc, mode_rng) for _ in range(int(t.mixed_k))]
-            self.train_step(x, y, modes, stats, timer)
-            images += y.numel()
+            self.train_step(x, y, self.step_modes(state), stats, timer)
+            state.images += y.numel()
             fault_hooks(epoch + 1, step + 1, self.files.dir, self.stop)
             due = self.checkpoint_seconds and time.perf_counter() - last_save >= self.checkpoint_seconds
             if (due or self.stop.requested) and step + 1 < steps:
-                self.save_position(epoch, step + 1, stats, mode_rng, images)
+                self.save_position(epoch, step + 1, stats, state.mode_rng, state.images)
                 last_save = time.perf_counter()
                 if self.stop.requested:
                     raise RunInterrupted(f"stopped on signal {self.stop.requested} at epoch {epoch + 1}, step "
                                          f"{step + 1}; run the same command again to resume there")
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 self._check_finite(stats, epoch, step)
-                rate = images * self.dist.world / (time.perf_counter() - started)
+                rate = state.images * self.dist.world / (time.perf_counter() - started)
                 info = " ".join(f"{m}b:{stats.mean_loss(m):.3f}" for m in stats.loss)
                 progress.update(task, completed=step + 1, info=f"loss {info} | {rate:.0f} img/s")
             t_data = time.perf_counter()
         train_s = time.perf_counter() - started
         self._check_finite(stats, epoch, steps)
         progress.remove_task(task)
-        return stats, timer, train_s, data_time / max(train_s, 1e-9), images
+        return stats, timer, train_s, data_time / max(train_s, 1e-9), state.images
 
     def save_position(self, epoch: int, step: int, stats: EpochStats, mode_rng, images: int) -> None:
         """A mid-epoch checkpoint: the state after ``epoch`` epochs plus ``step`` steps."""
@@ -299,8 +332,12 @@ class Trainer:
             _, per_mode = mode_losses(self.model, x, y, modes, self.epoch_loss, self.distill, self.forward,
                                       self.amp_ctx, lambda loss: self.scaler.scale(loss).backward(), timer,
                                       batched=self.mode_batch)
+        self.apply_step(per_mode, stats, y.numel())
+
+    def apply_step(self, per_mode: dict, stats: EpochStats, n: int) -> None:
+        """After the backward: count the step, update the weights (and a per-step schedule)."""
         for m, (ce, top1, top5) in per_mode.items():
-            stats.add(m if isinstance(m, (int, str)) else "mixed", ce, top1, top5, y.numel())
+            stats.add(m if isinstance(m, (int, str)) else "mixed", ce, top1, top5, n)
         self.dist.average_gradients(self.model.parameters())
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)

@@ -132,22 +132,38 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
     per-mode time is not separable).
     """
     forward = model if forward is None else forward  # bool() of a compiled module calls len()
+    if batched:
+        with mode_batch(model, modes), amp_ctx():
+            logits = split_slots(forward(x), len(modes))
+        total, per_mode = losses_from_logits(logits, y, modes, loss_fn, distill)
+        if backward is not None:
+            backward(total)
+            total = None
+        return total, per_mode
+
+    def one_mode_after_another():
+        for m in modes:
+            apply_bits(model, m)  # a bit mode, or a per-layer configuration (mode_sampling=mixed)
+            with amp_ctx():
+                yield forward(x)
+    return _losses(one_mode_after_another(), y, modes, loss_fn, distill, backward, timer)
+
+
+def losses_from_logits(logits, y, modes, loss_fn: QuantizableLoss, distill: bool):
+    """:func:`mode_losses` of logits already computed (``logits[i]`` of ``modes[i]``, e.g.
+    the slots of a mode batch or of one run in a pack): ``(summed loss, per-mode stats)``."""
+    return _losses(iter(logits), y, modes, loss_fn, distill, None, None)
+
+
+def _losses(logits_of_modes, y, modes, loss_fn, distill, backward, timer):
+    """The loss of each mode as its logits arrive (``logits_of_modes`` yields them in the
+    order of ``modes``); see :func:`mode_losses`."""
     scale = loss_fn.mode_scale(len(modes))
     top_waits = distill and bool(loss_fn.consistency and loss_fn.fp_weight) and len(modes) > 1
     logits_by_mode, per_mode, total, top = {}, {}, None, None
-    batched_backward, batch_logits = None, None
-    if batched:
-        batched_backward, backward, timer = backward, None, None
-        with mode_batch(model, modes), amp_ctx():
-            batch_logits = split_slots(forward(x), len(modes))
-    for i, m in enumerate(modes):
+    for m in modes:
         started = timer.start() if timer is not None else None
-        if batch_logits is not None:
-            logits = batch_logits[i]
-        else:
-            apply_bits(model, m)  # a bit mode, or a per-layer configuration (mode_sampling=mixed)
-            with amp_ctx():
-                logits = forward(x)
+        logits = next(logits_of_modes)
         teacher = loss_fn.teacher(m, modes, logits_by_mode) if distill else None
         loss, ce = loss_fn.mode_loss(logits, y, teacher, m == modes[0])
         loss = loss * scale if scale != 1 else loss
@@ -168,7 +184,4 @@ def mode_losses(model, x, y, modes, loss_fn: QuantizableLoss, distill: bool, for
             backward(loss)
         else:
             total = loss if total is None else total + loss
-    if batched_backward is not None:
-        batched_backward(total)
-        total = None
     return total, per_mode

@@ -5,12 +5,15 @@ Each switchable layer holds its own current weight and activation bits (``w_bits
 nothing global. Switching walks a list of switchable layers cached on the model once,
 so calling it per batch costs microseconds.
 
-Mode batch: when a layer's ``slots`` is set (by :mod:`.slots`), it runs every slot's
-bits at once. Activations then carry the slots side by side in the channel axis
-(``[batch, slots·channels, ...]``): a convolution is one grouped convolution whose weight
-stacks each slot's quantized weight, a BN one normalisation over slots × channels with
-each slot's own parameters and statistics. A layer given the un-batched input (the
-stem's images) computes it once and hands every slot the result.
+Mode batch: when a layer's ``slots`` is set (a :class:`SlotPlan`, by :mod:`.slots`), it
+runs every slot at once. Activations then carry the slots side by side in the channel
+axis (``[batch, slots·channels, ...]``): a convolution is one grouped convolution whose
+weight stacks each slot's quantized weight, a BN one normalisation over slots × channels
+with each slot's own parameters and statistics. A slot's parameters come from its
+*owner*, the same layer of the model it belongs to: all slots of one model in a mode
+batch, or the slots of several models of one architecture (runs trained as a pack, each
+with its own weights, data and bit modes). A layer given one input per model (the
+stem's images) computes it once per model and hands each of that model's slots the result.
 """
 from __future__ import annotations
 
@@ -25,6 +28,23 @@ from torch import nn
 from .modes import (BitModeError, Mode, act_bits, mode_bits, mode_code, mode_from_code, parse_mode, sort_modes,
                     weight_bits)
 from .quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """What one layer runs in a mode batch: per slot its setting (``(w, a)`` bits of a
+    quantized layer, the key of a BN) and its owner (the layer whose parameters it uses);
+    ``runs``: how many consecutive slots each model has (one entry per model)."""
+
+    settings: tuple
+    owners: tuple
+    runs: tuple[int, ...]
+
+    @property
+    def run_owners(self) -> list:
+        """The owner of each model's first slot: that model's layer."""
+        starts = [sum(self.runs[:i]) for i in range(len(self.runs))]
+        return [self.owners[i] for i in starts]
 
 
 @dataclass(frozen=True)
@@ -87,7 +107,7 @@ class QConv2d(nn.Conv2d, _Switchable):
                                                             max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if self.quantize_input else None
 
-        self.slots: tuple[tuple[int, int], ...] | None = None  # (w, a) per slot in a mode batch
+        self.slots: SlotPlan | None = None  # set in a mode batch (.slots)
 
     def forward(self, x):
         if self.slots is not None:
@@ -98,23 +118,22 @@ class QConv2d(nn.Conv2d, _Switchable):
             x = self.act_quant(x, self.a_bits)  # bits 32 passes x through
         return self._conv_forward(x, self.weight_quant(self.weight, self.w_bits), self.bias)
 
-    def _forward_slots(self, x, slots):
-        n = len(slots)
-        batched = _slot_input(x, 1, self.in_channels, n, type(self).__name__)
-        bias = None if self.bias is None else self.bias.repeat(n)
-        if not self.quantize:
-            if not batched:  # one computation serves every slot
-                out = self._conv_forward(x, self.weight, self.bias)
-                return out.repeat(1, n, 1, 1) if n > 1 else out
-            return F.conv2d(x, self.weight.repeat(n, 1, 1, 1), bias, self.stride, self.padding, self.dilation,
-                            self.groups * n)
-        if not batched and (self.act_quant is not None or self.groups != 1):
-            x, batched = x.repeat(1, n, 1, 1), True
+    def _forward_slots(self, x, plan: SlotPlan):
+        n = len(plan.settings)
+        conv = lambda inp, weight, bias, groups: F.conv2d(inp, weight, bias, self.stride, self.padding,  # noqa: E731
+                                                          self.dilation, groups)
+        if not self.quantize and _slot_input(x, 1, self.in_channels, plan) != "slots":
+            # one input per model (the stem's images): once per model, then to each of its slots
+            owners = plan.run_owners
+            x = _per_run(x, 1, self.in_channels, plan)
+            out = conv(x, _cat(o.weight for o in owners), _cat_bias(owners), self.groups * len(owners))
+            return _runs_to_slots(out, 1, self.out_channels, plan)
+        x = _to_slots(x, 1, self.in_channels, plan)
         if self.act_quant is not None:
-            x = self.act_quant.forward_slots(x.unflatten(1, (n, -1)), tuple(a for _, a in slots)).flatten(1, 2)
-        weight = torch.cat(_slot_weights(self, slots))
-        # un-batched input: stacking the weights along output channels gives every slot's output
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * n if batched else 1)
+            x = self.act_quant.forward_slots(x.unflatten(1, (n, -1)), tuple(a for _, a in plan.settings),
+                                             tuple(o.act_quant for o in plan.owners)).flatten(1, 2)
+        weight = _cat(_slot_weights(plan)) if self.quantize else _cat(o.weight for o in plan.owners)
+        return conv(x, weight, _cat_bias(plan.owners), self.groups * n)
 
 
 class QLinear(nn.Linear, _Switchable):
@@ -128,7 +147,7 @@ class QLinear(nn.Linear, _Switchable):
                                                             max_grad=spec.weight_max_grad) if quantize else None)
         self.act_quant = ACT_QUANTIZERS[spec.act](spec.act_bits) if quantize else None
 
-        self.slots: tuple[tuple[int, int], ...] | None = None
+        self.slots: SlotPlan | None = None
 
     def forward(self, x):
         if self.slots is not None:
@@ -137,17 +156,19 @@ class QLinear(nn.Linear, _Switchable):
             return F.linear(x, self.weight, self.bias)
         return F.linear(self.act_quant(x, self.a_bits), self.weight_quant(self.weight, self.w_bits), self.bias)
 
-    def _forward_slots(self, x, slots):
-        n = len(slots)
-        if _slot_input(x, -1, self.in_features, n, "QLinear"):
-            x = x.unflatten(-1, (n, self.in_features))
-        else:
-            x = x.unsqueeze(-2).expand(*x.shape[:-1], n, self.in_features)
-        if not self.quantize:
+    def _forward_slots(self, x, plan: SlotPlan):
+        x = _to_slots(x, -1, self.in_features, plan).unflatten(-1, (len(plan.settings), self.in_features))
+        if self.quantize:
+            x = self.act_quant.forward_slots(x, tuple(a for _, a in plan.settings),
+                                             tuple(o.act_quant for o in plan.owners))
+            weight = torch.stack(_slot_weights(plan))
+        elif len(plan.runs) == 1:  # one model: one weight for every slot
             return F.linear(x, self.weight, self.bias).flatten(-2)
-        x = self.act_quant.forward_slots(x, tuple(a for _, a in slots))
-        out = torch.einsum("bsi,soi->bso", x, torch.stack(_slot_weights(self, slots)))
-        return (out if self.bias is None else out + self.bias).flatten(-2)
+        else:
+            weight = torch.stack([o.weight for o in plan.owners])
+        out = torch.einsum("bsi,soi->bso", x, weight)
+        bias = _cat_bias(plan.owners)
+        return (out if bias is None else out + bias.view(len(plan.settings), -1)).flatten(-2)
 
 
 class BitSpecificBN(nn.Module, _Switchable):
@@ -167,7 +188,7 @@ class BitSpecificBN(nn.Module, _Switchable):
         self.bn = nn.ModuleDict({k: bn_cls(channels) for k in keys})
         self._key = keys[-1]
 
-        self.slots: tuple[str, ...] | None = None  # the BN key of each slot in a mode batch
+        self.slots: SlotPlan | None = None  # set in a mode batch (.slots)
 
     def set_mode(self, mode: Mode) -> None:
         self.mode = mode
@@ -178,23 +199,22 @@ class BitSpecificBN(nn.Module, _Switchable):
             return self._forward_slots(x, self.slots)
         return self.bn[self._key](x)
 
-    def _forward_slots(self, x, keys):
-        n = len(keys)
-        first = self.bn[keys[0]]
-        if not _slot_input(x, 1, first.num_features, n, "BitSpecificBN"):
-            x = x.repeat(1, n, *[1] * (x.dim() - 2))
-        norms = [self.bn[k] for k in keys]
-        weight = torch.cat([bn.weight for bn in norms])
-        bias = torch.cat([bn.bias for bn in norms])
+    def _forward_slots(self, x, plan: SlotPlan):
+        n = len(plan.settings)
+        norms = [o.bn[k] for o, k in zip(plan.owners, plan.settings)]
+        first = norms[0]
+        x = _to_slots(x, 1, first.num_features, plan)
+        weight = _cat(bn.weight for bn in norms)
+        bias = _cat(bn.bias for bn in norms)
         if not self.training:
-            mean = torch.cat([bn.running_mean for bn in norms])
-            var = torch.cat([bn.running_var for bn in norms])
+            mean = _cat(bn.running_mean for bn in norms)
+            var = _cat(bn.running_var for bn in norms)
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
         for bn in norms:
             bn.num_batches_tracked.add_(1)
         momentum = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked) for bn in norms]
         c = first.num_features
-        if len(set(keys)) == n and len(set(momentum)) == 1:
+        if len({id(bn) for bn in norms}) == n and len(set(momentum)) == 1:
             # each slot its own BN: the statistics update in the one call, then back to each BN
             mean = torch.cat([bn.running_mean for bn in norms])
             var = torch.cat([bn.running_var for bn in norms])
@@ -215,24 +235,78 @@ class BitSpecificBN(nn.Module, _Switchable):
         return out
 
 
-def _slot_input(x: torch.Tensor, dim: int, features: int, slots: int, layer: str) -> bool:
-    """True when ``x`` holds every slot side by side along ``dim``, False when it is the
-    one input all slots share."""
-    if x.shape[dim] == features * slots:
-        return True
-    if x.shape[dim] == features:
-        return False
-    raise ValueError(f"{layer} in a batch of {slots} modes got {x.shape[dim]} features, "
-                     f"expected {features} or {features * slots}")
+# ----------------------------------------------------------------------------- slot helpers
+def _cat(tensors) -> torch.Tensor:
+    tensors = list(tensors)
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _slot_weights(layer, slots) -> list[torch.Tensor]:
-    """Each slot's quantized weight; slots with the same weight bits share one tensor."""
-    by_bits: dict[int, torch.Tensor] = {}
-    for w, _ in slots:
-        if w not in by_bits:
-            by_bits[w] = layer.weight_quant(layer.weight, w)
-    return [by_bits[w] for w, _ in slots]
+def _cat_bias(owners) -> torch.Tensor | None:
+    return None if owners[0].bias is None else _cat(o.bias for o in owners)
+
+
+def _slot_input(x: torch.Tensor, dim: int, features: int, plan: SlotPlan) -> str:
+    """What ``x`` holds along ``dim``: every slot side by side ("slots"), one input per
+    model ("runs"), or one input for all ("shared")."""
+    size = x.shape[dim]
+    if size == features * len(plan.settings):
+        return "slots"
+    if size == features * len(plan.runs):
+        return "runs"
+    if size == features:
+        return "shared"
+    raise ValueError(f"a layer in a batch of {len(plan.settings)} slots got {size} features along dim {dim}, "
+                     f"expected {features} per slot")
+
+
+def _per_run(x: torch.Tensor, dim: int, features: int, plan: SlotPlan) -> torch.Tensor:
+    """``x`` as one input per model (a shared input repeated)."""
+    if _slot_input(x, dim, features, plan) == "shared" and len(plan.runs) > 1:
+        reps = [1] * x.dim()
+        reps[dim] = len(plan.runs)
+        return _same_layout(x.repeat(*reps), x)
+    return x
+
+
+def _runs_to_slots(x: torch.Tensor, dim: int, features: int, plan: SlotPlan) -> torch.Tensor:
+    """One tensor per model → that model's tensor in each of its slots."""
+    if all(r == 1 for r in plan.runs):
+        return x
+    source, dim = x, dim % x.dim()
+    grouped = x.unflatten(dim, (len(plan.runs), features))
+    if len(set(plan.runs)) == 1:  # the usual pack: every model has as many slots
+        m = plan.runs[0]
+        shape = list(grouped.shape)
+        shape.insert(dim + 1, m)
+        return _same_layout(grouped.unsqueeze(dim + 1).expand(shape).flatten(dim, dim + 2), source)
+    counts = torch.tensor(plan.runs, device=x.device)
+    return _same_layout(grouped.repeat_interleave(counts, dim=dim, output_size=len(plan.settings)).flatten(dim, dim + 1),
+                        source)
+
+
+def _to_slots(x: torch.Tensor, dim: int, features: int, plan: SlotPlan) -> torch.Tensor:
+    if _slot_input(x, dim, features, plan) == "slots":
+        return x
+    return _runs_to_slots(_per_run(x, dim, features, plan), dim, features, plan)
+
+
+def _same_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``y`` in ``like``'s memory format (a reshape of an NHWC tensor comes out NCHW)."""
+    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def _slot_weights(plan: SlotPlan) -> list[torch.Tensor]:
+    """Each slot's quantized weight; slots of one owner at the same weight bits share one."""
+    done: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for owner, (w, _) in zip(plan.owners, plan.settings):
+        key = (id(owner), w)
+        if key not in done:
+            done[key] = owner.weight_quant(owner.weight, w)
+        out.append(done[key])
+    return out
 
 
 # ----------------------------------------------------------------------------- switching

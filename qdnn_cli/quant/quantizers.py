@@ -70,20 +70,20 @@ def _quantized_runs(bits: tuple[int, ...]) -> list[tuple[int, int, bool]]:
     return runs
 
 
-def _on_quantized_slots(quantize, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
-    """``quantize(x_run, bits_run)`` on the runs of quantized slots; full-precision slots
-    pass through. (A single concatenation: cheaper than a masked select, whose forward
-    and backward each read three full tensors.)"""
+def _on_quantized_slots(quantize, x: torch.Tensor, bits: tuple[int, ...], owners: tuple) -> torch.Tensor:
+    """``quantize(x_run, bits_run, owners_run)`` on the runs of quantized slots;
+    full-precision slots pass through. (A single concatenation: cheaper than a masked
+    select, whose forward and backward each read three full tensors.)"""
     runs = _quantized_runs(bits)
     if len(runs) == 1:
-        return quantize(x, bits) if runs[0][2] else x
-    parts = [quantize(x[:, a:b], bits[a:b]) if q else x[:, a:b] for a, b, q in runs]
+        return quantize(x, bits, owners) if runs[0][2] else x
+    parts = [quantize(x[:, a:b], bits[a:b], owners[a:b]) if q else x[:, a:b] for a, b, q in runs]
     return torch.cat(parts, dim=1)
 
 
-def _split_slots(quantize, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
-    """Any quantizer over slots, one slot at a time (the reference the fused forms equal)."""
-    return torch.stack([quantize(x[:, i], b) for i, b in enumerate(bits)], dim=1)
+def _split_slots(x: torch.Tensor, bits: tuple[int, ...], owners: tuple) -> torch.Tensor:
+    """Any quantizer over slots, one slot at a time by its owner (what the fused forms equal)."""
+    return torch.stack([o(x[:, i], b) for i, (o, b) in enumerate(zip(owners, bits))], dim=1)
 
 
 class _ClampRound(torch.autograd.Function):
@@ -111,8 +111,11 @@ class _SlotClampRound(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, n, runs):
         y = torch.empty_like(x)
+        compiling = torch.compiler.is_compiling()  # torch.compile traces no out= into a strided view
         for a, b, quantized in runs:
-            if quantized:
+            if quantized and compiling:
+                y[:, a:b] = torch.clamp(x[:, a:b], 0.0, 1.0).mul(n[:, a:b]).round().mul(1.0 / n[:, a:b])
+            elif quantized:
                 part = y[:, a:b]
                 torch.clamp(x[:, a:b], 0.0, 1.0, out=part)
                 part.mul_(n[:, a:b]).round_().mul_(1.0 / n[:, a:b])
@@ -126,8 +129,11 @@ class _SlotClampRound(torch.autograd.Function):
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         dx = torch.empty_like(grad)
+        compiling = torch.compiler.is_compiling()
         for a, b, quantized in ctx.runs:
-            if quantized:
+            if quantized and compiling:
+                dx[:, a:b] = torch.ops.aten.hardtanh_backward(grad[:, a:b], x[:, a:b], 0.0, 1.0)
+            elif quantized:
                 torch.ops.aten.hardtanh_backward.grad_input(grad[:, a:b], x[:, a:b], 0.0, 1.0, grad_input=dx[:, a:b])
             else:
                 dx[:, a:b] = grad[:, a:b]
@@ -229,8 +235,10 @@ class NaiveDoReFaWeight(WeightQuantizer):
 
 
 class ActQuantizer(nn.Module):
-    """Base: ``forward(x, bits)``; ``forward_slots(x, bits_per_slot)`` quantizes each slot
-    of ``x`` (``[batch, slots, ...]``) at its own bits, equal to one ``forward`` per slot."""
+    """Base: ``forward(x, bits)``; ``forward_slots(x, bits, owners)`` quantizes each slot of
+    ``x`` (``[batch, slots, ...]``) at its own bits with its owner's parameters (the
+    quantizer of the model that slot belongs to; all ``self`` in a one-model mode batch),
+    equal to ``owners[i](x[:, i], bits[i])`` for every slot."""
 
     def __init__(self, modes: tuple[int, ...]):
         super().__init__()
@@ -239,10 +247,10 @@ class ActQuantizer(nn.Module):
     def forward(self, x, bits):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_slots(self, x: torch.Tensor, bits: tuple[int, ...]) -> torch.Tensor:
+    def forward_slots(self, x: torch.Tensor, bits: tuple[int, ...], owners: tuple | None = None) -> torch.Tensor:
         if all(b == FULL_PRECISION for b in bits):
             return x
-        return _split_slots(self.forward, x, bits)
+        return _split_slots(x, bits, owners or (self,) * len(bits))
 
 
 class DoReFaAct(ActQuantizer):
@@ -253,7 +261,7 @@ class DoReFaAct(ActQuantizer):
             return x
         return quantize_unit(x, bits)
 
-    def forward_slots(self, x, bits):
+    def forward_slots(self, x, bits, owners=None):  # no parameters: the owners' are all alike
         runs = _quantized_runs(bits)
         if not any(q for _, _, q in runs):
             return x
@@ -293,12 +301,12 @@ class PACTAct(ActQuantizer):
         q = unit + (torch.round(unit * n) / n - unit).detach()
         return q * alpha
 
-    def forward_slots(self, x, bits):
-        return _on_quantized_slots(self._quantize_slots, x, bits)
+    def forward_slots(self, x, bits, owners=None):
+        return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
-    def _quantize_slots(self, x, bits):
+    def _quantize_slots(self, x, bits, owners):
         x = _as_float32(x)
-        alpha = torch.stack([self.alpha[str(b)] for b in bits]).view(_slot_shape(x))
+        alpha = torch.stack([o.alpha[str(b)] for o, b in zip(owners, bits)]).view(_slot_shape(x))
         n = _slot_constant(self, "levels", tuple(_levels(b) for b in bits), x)
         unit = torch.minimum(torch.relu(x), alpha) / alpha
         q = unit + (torch.round(unit * n) / n - unit).detach()
@@ -356,23 +364,23 @@ class LSQQuantizer(ActQuantizer):
         v = torch.clamp(x / s, qmin, qmax)
         return (v + (torch.round(v) - v).detach()) * s
 
-    def forward_slots(self, x, bits):
-        return _on_quantized_slots(self._quantize_slots, x, bits)
+    def forward_slots(self, x, bits, owners=None):
+        return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
-    def _quantize_slots(self, x, bits):
+    def _quantize_slots(self, x, bits, owners):
         x = _as_float32(x)
-        if self.training and any(str(b) not in self._ready for b in bits):
-            for i, b in enumerate(bits):  # first sight of a mode: its step from its own slot
-                if str(b) not in self._ready and self.step[str(b)].item() <= 0:
+        if self.training and any(str(b) not in o._ready for o, b in zip(owners, bits)):
+            for i, (o, b) in enumerate(zip(owners, bits)):  # first sight of a mode: its step from its own slot
+                if str(b) not in o._ready and o.step[str(b)].item() <= 0:
                     with torch.no_grad():
-                        self.step[str(b)].copy_(2 * x[:, i].detach().abs().mean() / (self._range(b)[1] ** 0.5) + 1e-8)
-                self._ready.add(str(b))
+                        o.step[str(b)].copy_(2 * x[:, i].detach().abs().mean() / (self._range(b)[1] ** 0.5) + 1e-8)
+                o._ready.add(str(b))
         ranges = [self._range(b) for b in bits]
         per_slot = x[:, 0].numel()
         qmin = _slot_constant(self, "qmin", tuple(r[0] for r in ranges), x)
         qmax = _slot_constant(self, "qmax", tuple(r[1] for r in ranges), x)
         g = _slot_constant(self, f"grad_scale{per_slot}", tuple(1.0 / ((per_slot * r[1]) ** 0.5) for r in ranges), x)
-        step = torch.stack([self.step[str(b)] for b in bits]).view(_slot_shape(x))
+        step = torch.stack([o.step[str(b)] for o, b in zip(owners, bits)]).view(_slot_shape(x))
         s = step * g + (step - step * g).detach()
         v = torch.clamp(x / s, qmin, qmax)
         return (v + (torch.round(v) - v).detach()) * s
