@@ -62,8 +62,10 @@ def guarded(fn):
 
 
 # the launcher flags every command that runs a group of runs takes
-LAUNCHER = typer.Option("local", "--launcher", help="local (one after another), parallel (--jobs at once) or slurm (submitit)")
-JOBS = typer.Option(2, "--jobs", help="parallel: runs at once (sharing the GPUs round-robin, or the CPU cores)")
+LAUNCHER = typer.Option("local", "--launcher", help="local (one after another), parallel (--jobs processes at once), "
+                        "packed (--jobs runs as one computation in this process) or slurm (submitit)")
+JOBS = typer.Option(2, "--jobs", help="parallel: runs at once (sharing the GPUs round-robin, or the CPU cores); "
+                    "packed: runs per pack")
 PARTITION = typer.Option(None, "--partition", help="slurm: partition")
 GPUS_PER_NODE = typer.Option(0, "--gpus-per-node", help="slurm: GPUs (one task each) per node")
 NODES = typer.Option(1, "--nodes", help="slurm: nodes per run")

@@ -5,6 +5,10 @@
   process; on a GPU machine they share the GPUs round-robin over ``CUDA_VISIBLE_DEVICES``
   (a CIFAR ResNet-20 step is launch-bound, so runs overlap well); on a CPU the cores are
   split between them (``trainer.num_threads``).
+* ``packed --jobs N``: N runs at a time in this process as one computation: every layer
+  of the N models runs as one grouped convolution over runs × bit modes, each run with
+  its own weights, data, optimizer and run directory (:mod:`qdnn_cli.engine.pack`).
+  Runs that differ in architecture, batch size or quantizer go to different packs.
 * ``slurm``: one job per run through submitit (the scheduler is SLURM's, not ours). A
   job that reaches its time limit is requeued by submitit's checkpointing protocol and
   resumes from its run directory's checkpoint. Multi-GPU jobs get torchrun's
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LAUNCHERS = ("local", "parallel", "slurm")
+LAUNCHERS = ("local", "parallel", "packed", "slurm")
 
 
 class LaunchError(RuntimeError):
@@ -106,6 +110,41 @@ def run_parallel(experiment: str, plans: list[tuple[str, list[str]]], group: Pat
     if failed:
         raise LaunchError(f"{len(failed)} of {len(plans)} runs failed: "
                           + ", ".join(f"{leaf} (see {group / leaf / 'launch.log'})" for leaf in failed))
+
+
+# ----------------------------------------------------------------------------- packed
+def run_packed(experiment: str, plans: list[tuple[str, list[str]]], group: Path, size: int, console,
+               on_results=None) -> None:
+    """Train ``plans`` in packs of up to ``size`` runs that can share one (same
+    architecture, batch, quantizer, data shape), in plan order within each kind."""
+    from .config import compose, make_run_dir
+    from .engine.interrupt import RunInterrupted
+    from .engine.pack import pack_key, run_pack
+
+    kinds: dict[tuple, list] = {}
+    for leaf, overrides in plans:
+        cfg = compose(experiment, overrides)
+        kinds.setdefault(pack_key(cfg), []).append((leaf, overrides, cfg))
+    packs = [runs[i:i + size] for runs in kinds.values() for i in range(0, len(runs), size)]
+    failed = []
+    for k, pack in enumerate(packs, 1):
+        leaves = [leaf for leaf, _, _ in pack]
+        console.rule(f"[pack {k}/{len(packs)}] {', '.join(leaves)}")
+        dirs = [make_run_dir(cfg, group, leaf)[0] for leaf, _, cfg in pack]
+        try:
+            results = run_pack([cfg for _, _, cfg in pack], dirs, [ov for _, ov, _ in pack], leaves, console)
+        except RunInterrupted:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed pack: report it, train the others
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            failed.append(f"pack {k} ({', '.join(leaves)}): {message}")
+            console.print(f"pack {k}: failed: {message}")
+            continue
+        for leaf, run_dir, result in zip(leaves, dirs, results):
+            if on_results is not None and result:
+                on_results(leaf, run_dir, result)
+    if failed:
+        raise LaunchError(f"{len(failed)} of {len(packs)} packs failed: " + "; ".join(failed))
 
 
 # ----------------------------------------------------------------------------- submitit

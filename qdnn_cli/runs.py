@@ -139,7 +139,7 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
     one after another here (default), several at once, or as SLURM jobs.
     """
     from .config import compose
-    from .launch import run_parallel, run_submitit
+    from .launch import run_packed, run_parallel, run_submitit
     from .report.collect import read_run
 
     base = [o for o in overrides if not o.startswith("out_dir=")]
@@ -158,6 +158,10 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
     name = launcher.name if launcher is not None else "local"
     if name == "parallel":
         run_parallel(experiment, todo, group, launcher.jobs, console)
+    elif name == "packed":
+        run_packed(experiment, todo, group, launcher.jobs, console,
+                   lambda leaf, run_dir, results: print_results(results, f"{leaf}: final validation accuracy "
+                                                                         "per bit mode", run_dir))
     elif name == "slurm":
         run_submitit(experiment, todo, group, launcher, console)
     else:
