@@ -6,6 +6,8 @@ as medians, so machine noise hits every variant alike. Ratios:
 * quant_overhead = step(4-bit) / step(FP)                  (target ≤ 1.15)
 * joint_ratio    = step(joint over B modes) / (B · step(FP)) (target ≤ 1.15; floor = 1)
 * speedup_vs_naive = step(naive joint) / step(joint)        (target ≥ 1.6)
+* mode_batch_ratio, pack_ratio_N: the mode-batched step and N packed runs against
+  today's step (:mod:`qdnn_cli.bench_pack`), on the CPU and, where present, on CUDA
 
 (Longer than the ~350 lines we aim for: every variant, CPU and CUDA, lives in this one
 module so they are all timed side by side in one process, as the ratios require.)
@@ -22,6 +24,7 @@ import time
 
 import torch
 
+from . import bench_pack
 from .engine.compile import compile_model, compile_step, whole_step
 from .engine.step import mode_losses
 from .engine.losses import QuantizableLoss
@@ -341,6 +344,9 @@ def main(argv=None):
                         "the setting that met the 5 s target on an H200)")
     p.add_argument("--cuda-variants", help="comma-separated subset of the CUDA step variants")
     p.add_argument("--profile", action="store_true", help="GPU kernel time per step of compiled variants")
+    p.add_argument("--no-batching", action="store_true", help="skip the mode-batch and packed-runs section")
+    p.add_argument("--pack-sizes", default="1,2,4,8", help="runs per pack to time on the CPU (CUDA: these and 16)")
+    p.add_argument("--pack-batch", type=int, default=32, help="per-run batch of the packed-runs figures on the CPU")
     p.add_argument("--json", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     args.channels_last = not args.contiguous
@@ -357,9 +363,16 @@ def main(argv=None):
         return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     ratios = {}
+    sizes = tuple(int(n) for n in args.pack_sizes.split(","))
     if not args.no_cpu:
         ratios.update(cpu_section(args, modes, make, x, y, loss_fn))
+        if not args.no_batching:
+            ratios.update(bench_pack.run("cpu", args.model, modes, args.batch, args.pack_batch, sizes,
+                                         max(3, args.repeats // 2), args.channels_last))
     if torch.cuda.is_available() and not args.no_cuda:
+        if not args.no_batching:  # first: the figures the batching work is judged by
+            ratios.update(bench_pack.run("cuda", args.model, modes, args.batch, args.batch,
+                                         tuple(sorted(set(sizes) | {16})), 5, True, "bf16", profile=True))
         ratios.update(cuda_section(args, modes))
     else:
         print("CUDA: not available on this machine; GPU epoch time not measured")

@@ -129,7 +129,7 @@ def run_packed(experiment: str, plans: list[tuple[str, list[str]]], group: Path,
     failed = []
     for k, pack in enumerate(packs, 1):
         leaves = [leaf for leaf, _, _ in pack]
-        console.rule(f"[pack {k}/{len(packs)}] {', '.join(leaves)}")
+        console.rule(f"pack {k}/{len(packs)}: {', '.join(leaves)}")
         dirs = [make_run_dir(cfg, group, leaf)[0] for leaf, _, cfg in pack]
         try:
             results = run_pack([cfg for _, _, cfg in pack], dirs, [ov for _, ov, _ in pack], leaves, console)

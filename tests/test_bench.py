@@ -9,14 +9,17 @@ from qdnn_cli import bench
 
 def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    ratios = bench.main(["--batch", "8", "--repeats", "1", "--e2e-images", "256", "--no-cuda", "--json", str(out)])
+    ratios = bench.main(["--batch", "8", "--repeats", "1", "--e2e-images", "256", "--no-cuda", "--json", str(out),
+                         "--pack-sizes", "1,2", "--pack-batch", "4"])
     for key in ("quant_overhead", "joint_ratio", "speedup_vs_naive", "joint_time_vs_contiguous",
-                "cpu_train_images_per_s", "cpu_data_time_share"):
+                "cpu_train_images_per_s", "cpu_data_time_share", "cpu_mode_batch_ratio", "cpu_pack_ratio_1",
+                "cpu_pack_ratio_2", "cpu_pack_ratio_vs_mode_batch_2", "cpu_pack_tflops_2"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
     assert 0 <= ratios["cpu_data_time_share"] < 1
     assert json.loads(out.read_text()) == ratios
     printed = capsys.readouterr().out
     assert "quant_overhead = " in printed and "(target <= 1.15" in printed and "data_time_share = " in printed
+    assert "cpu_mode_batch_ratio = " in printed and "N=2 " in printed and "TFLOP/s" in printed
 
 
 @pytest.mark.slow

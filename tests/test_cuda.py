@@ -175,3 +175,42 @@ def test_cuda_training_run_records_per_mode_speed_and_memory(tmp_path, extra):
         if not whole_step:  # each mode timed by CUDA events (one graph for all modes: not separable)
             assert float(x["seconds"]) < float(x["epoch_seconds"])
     assert len(read_csv(tmp_path / "r" / "results.csv")) == len(MODES)
+
+
+@pytest.mark.parametrize("quant", ["dorefa", "pact", "lsq"])
+def test_mode_batched_step_equals_the_per_mode_step_on_cuda(quant):
+    """Same tolerances as tests/test_mode_batch.py (float32, cuDNN may reorder sums)."""
+    import copy
+
+    from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated
+
+    torch.manual_seed(0)
+    spec = QuantSpec(MODES, quant, quant, weight_scale="mean_abs" if quant != "lsq" else "none")
+    a = build_model("resnet20", spec, 10, 3).cuda().train().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device="cuda")
+    calibrate_quantizers(a, x, MODES)
+    mark_calibrated(a)
+    b = copy.deepcopy(a)
+    modes = [32, 8, 4, 3, 2]
+    torch.backends.cudnn.deterministic = True
+    try:
+        pa = mode_losses(a, x, y, modes, QuantizableLoss(), True, backward=torch.Tensor.backward)[1]
+        pb = mode_losses(b, x, y, modes, QuantizableLoss(), True, backward=torch.Tensor.backward, batched=True)[1]
+    finally:
+        torch.backends.cudnn.deterministic = False
+    for m in modes:
+        torch.testing.assert_close(pa[m][0], pb[m][0], rtol=0, atol=1e-4)
+    for (name, ga), (_, gb) in zip(a.named_parameters(), b.named_parameters()):
+        if ga.grad is not None:
+            rel = ((ga.grad - gb.grad).norm() / ga.grad.norm().clamp_min(1e-12)).item()
+            assert rel <= (1e-2 if (".alpha." in name or ".step." in name) else 1e-3), (name, rel)
+
+
+def test_packed_runs_train_on_cuda(tmp_path):
+    r = qdnn("ablate", "quickstart", "--launcher", "packed", "--jobs", "4",
+             *cuda_overrides(tmp_path / "g", "quant.bits=[2,32]", "trainer.amp=bf16"))
+    assert r.exit_code == 0, r.output
+    for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):
+        rows = read_csv(tmp_path / "g" / leaf / "results.csv")
+        assert [row["mode"] for row in rows] == ["32", "2"]

@@ -17,6 +17,7 @@ when it reaches its last epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -147,16 +148,8 @@ class PackedTrainer:
         run's own optimizer step."""
         for t in stepping:
             t.optimizer.zero_grad(set_to_none=True)
-        counts = [len(m) for m in modes]
-        with stepping[0].amp_ctx(), pack_batch([t.model for t in stepping], modes) as driver:
-            logits = split_slots(driver(pack_inputs(xs)), sum(counts))
-        total, per_run, at = None, [], 0
-        for t, y, m, n in zip(stepping, ys, modes, counts):
-            loss, per_mode = losses_from_logits(logits[at:at + n], y, m, t.epoch_loss, t.distill)
-            at += n
-            total = loss if total is None else total + loss
-            per_run.append(per_mode)
-        total.backward()
+        per_run = pack_backward([t.model for t in stepping], xs, ys, modes, [t.epoch_loss for t in stepping],
+                                [t.distill for t in stepping], stepping[0].amp_ctx)
         for t, y, per_mode in zip(stepping, ys, per_run):
             t.apply_step(per_mode, states[id(t)].stats, y.numel())
             states[id(t)].images += y.numel()
@@ -173,6 +166,23 @@ class PackedTrainer:
                 self.diverged.append((name, str(e)))
                 self.log(f"{name}: {e}")
         return kept
+
+
+def pack_backward(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.nullcontext) -> list[dict]:
+    """Forward of every model's modes as one pack, each model's loss from its own slots,
+    one backward of their sum (each model gets only its own gradient). Returns each
+    model's per-mode (CE, top-1 hits, top-5 hits)."""
+    counts = [len(m) for m in modes]
+    with amp_ctx(), pack_batch(models, modes) as driver:
+        logits = split_slots(driver(pack_inputs(xs)), sum(counts))
+    total, per_run, at = None, [], 0
+    for y, m, n, loss_fn, distill in zip(ys, modes, counts, loss_fns, distills):
+        loss, per_mode = losses_from_logits(logits[at:at + n], y, m, loss_fn, distill)
+        at += n
+        total = loss if total is None else total + loss
+        per_run.append(per_mode)
+    total.backward()
+    return per_run
 
 
 def run_pack(cfgs: list, run_dirs: list[Path], overrides: list[list[str]], names: list[str], console=None) -> list[dict]:
