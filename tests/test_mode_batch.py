@@ -1,11 +1,14 @@
 """The mode-batched step (trainer.mode_batch) equals the per-mode step.
 
-Tolerances (float32 on the CPU, summation order differs between a grouped convolution
-and five plain ones): the loss to 1e-5; every weight's and BN parameter's gradient to
-1e-4 relative (L2 norm of the difference over the norm of the gradient); the scalar
-clip/step parameters of PACT and LSQ to 1e-2 relative, because their gradient is a sum
-over a whole activation tensor of straight-through terms that cancel almost exactly,
-so reordering that sum moves its last digits most; BN running statistics to 1e-5.
+The comparisons run in float64. In float32 the two differ in summation order (a grouped
+convolution against five plain ones) by ~1e-7, and that is enough to move an activation
+across a rounding boundary now and then: one flipped 8-bit level or ReLU mask changes a
+gradient by a percent, which no honest float32 tolerance separates from a bug. In
+float64 nothing flips, so the tolerances are tight: every gradient to 1e-9 relative (L2
+norm of the difference over the norm of the gradient), losses and BN statistics to
+1e-10. (Measured: 1e-12 at worst, PACT and LSQ clip/step gradients, on ResNet-20,
+PreAct ResNet-20, ResNet-18 and the tiny net.) An engine run in float32 is compared
+after one step, before rounding flips can compound.
 """
 import copy
 import random
@@ -31,8 +34,8 @@ def _pair(name, quant="dorefa", modes=tuple(MODES), seed=0, bit_specific_bn=True
     spec = QuantSpec(tuple(modes), quant, quant, bit_specific_bn=bit_specific_bn,
                      weight_scale="mean_abs" if quant != "lsq" else "none")
     kwargs = {"width": 8} if name == "tiny" else {}
-    model = build_model(name, spec, classes, channels, **kwargs).train()
-    x = torch.randn(8, channels, 8, 8)
+    model = build_model(name, spec, classes, channels, **kwargs).double().train()
+    x = torch.randn(8, channels, 8, 8, dtype=torch.float64)
     y = torch.randint(0, classes, (8,))
     calibrate_quantizers(model, x, spec.modes)
     mark_calibrated(model)
@@ -44,23 +47,22 @@ def _step(model, x, y, modes, loss_fn, batched):
     return per_mode
 
 
-def _assert_same_state(a, b, scalar_rtol=1e-2):
+def _assert_same_state(a, b):
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert (pa.grad is None) == (pb.grad is None), name
         if pa.grad is None:
             continue
-        rel = ((pa.grad - pb.grad).norm() / pa.grad.norm().clamp_min(1e-12)).item()
-        scalar = ".alpha." in name or ".step." in name
-        assert rel <= (scalar_rtol if scalar else 1e-4), (name, rel)
+        rel = ((pa.grad - pb.grad).norm() / pa.grad.norm().clamp_min(1e-30)).item()
+        assert rel <= 1e-9, (name, rel)
     for (name, ba), (_, bb) in zip(a.named_buffers(), b.named_buffers()):
         if ba.dtype.is_floating_point:
-            torch.testing.assert_close(ba, bb, rtol=1e-5, atol=1e-5, msg=name)
+            torch.testing.assert_close(ba, bb, rtol=1e-10, atol=1e-10, msg=name)
         else:
             assert torch.equal(ba, bb), name
 
 
 @pytest.mark.parametrize("quant", ["dorefa", "pact", "lsq"])
-@pytest.mark.parametrize("model_name", ["resnet20", "preact_resnet20", "tiny"])
+@pytest.mark.parametrize("model_name", ["resnet20", "preact_resnet20", "resnet18", "tiny"])
 def test_batched_step_equals_per_mode_step(quant, model_name):
     channels = 1 if model_name == "tiny" else 3
     per_mode_model, batched_model, x, y = _pair(model_name, quant, channels=channels)
@@ -69,7 +71,7 @@ def test_batched_step_equals_per_mode_step(quant, model_name):
     b = _step(batched_model, x, y, MODES, loss_fn, True)
     assert list(a) == list(b) == MODES
     for m in MODES:
-        torch.testing.assert_close(a[m][0], b[m][0], rtol=0, atol=1e-5)  # CE
+        torch.testing.assert_close(a[m][0], b[m][0], rtol=0, atol=1e-10)  # CE
         assert a[m][1] == b[m][1] and a[m][2] == b[m][2]                  # top-1, top-5 hits
     _assert_same_state(per_mode_model, batched_model)
 
@@ -114,7 +116,7 @@ def test_mixed_configurations_and_wa_modes_in_one_batch():
     a = _step(a_model, x, y, steps, QuantizableLoss(), False)
     b = _step(b_model, x, y, steps, QuantizableLoss(), True)
     for m in a:
-        torch.testing.assert_close(a[m][0], b[m][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(a[m][0], b[m][0], rtol=0, atol=1e-10)
     _assert_same_state(a_model, b_model)
 
 
@@ -126,7 +128,7 @@ def test_evaluation_in_one_batch_equals_mode_by_mode():
     batched = evaluate(model, loader, MODES, batched=True)
     for m in MODES:
         for k in ("loss", "top1", "top5"):
-            assert batched[m][k] == pytest.approx(one_by_one[m][k], abs=1e-4), (m, k)
+            assert batched[m][k] == pytest.approx(one_by_one[m][k], abs=1e-9), (m, k)
 
 
 def test_slots_are_cleared_and_the_mode_restored_after_a_batch():
@@ -137,22 +139,28 @@ def test_slots_are_cleared_and_the_mode_restored_after_a_batch():
     with mode_batch(model, MODES):
         logits = split_slots(model(x), len(MODES))
     assert len(logits) == len(MODES) and logits[0].shape == before.shape
-    torch.testing.assert_close(logits[MODES.index(4)], before, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[MODES.index(4)], before, rtol=0, atol=1e-10)
     torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # back to plain 4-bit
 
 
 def test_training_with_mode_batch_matches_training_without(tmp_path):
-    """Two epochs of the real engine: same per-mode numbers to the tolerance of the step."""
-    runs = {}
+    """The real engine in float32, one optimizer step: the same losses and weights."""
+    runs, weights = {}, {}
     for batched in (False, True):
         out = tmp_path / f"batched{int(batched)}"
-        r = qdnn("train", "quickstart", *tiny_overrides(out, f"trainer.mode_batch={str(batched).lower()}"))
+        r = qdnn("train", "quickstart", *tiny_overrides(out, f"trainer.mode_batch={str(batched).lower()}",
+                                                        "data.train_size=32", "trainer.epochs=1"))
         assert r.exit_code == 0, r.output
         runs[batched] = read_csv(out / "metrics.csv")
-    assert len(runs[True]) == len(runs[False])
+        state = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+        weights[batched] = {k: v for k, v in state.items() if k.endswith("weight") or k.endswith("bias")}
+    assert len(runs[True]) == len(runs[False]) == 2 * 5
     for a, b in zip(runs[False], runs[True]):
         assert (a["epoch"], a["mode"], a["split"]) == (b["epoch"], b["mode"], b["split"])
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=2e-3), (a, b)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-4), (a, b)
+    # float32: the odd rounding flip moves a weight by up to ~1e-4 of its size after a step
+    for k, v in weights[False].items():
+        torch.testing.assert_close(weights[True][k], v, rtol=1e-3, atol=1e-5, msg=k)
 
 
 def test_mode_batch_with_sync_bn_is_refused_in_one_line(tmp_path):

@@ -6,9 +6,9 @@ mode-batched one; even a 1e-6 relative nudge of the weights) moves some activati
 across a rounding boundary within a step or two, and after three epochs the weights of
 the two trajectories differ by 10-25 % (measured for per-mode against mode-batched runs
 as much as for packed against alone). So the quantized runs of a pack are compared
-where trajectories cannot drift apart — one optimizer step, to the tolerances of the
-mode-batched step (tests/test_mode_batch.py) — and whole multi-epoch runs are compared
-at full precision, where nothing rounds.
+where trajectories cannot drift apart: one step in float64 (as tests/test_mode_batch.py,
+to 1e-9), and one optimizer step of the real engine in float32; whole multi-epoch runs
+are compared at full precision, where nothing rounds.
 """
 import copy
 import json
@@ -40,8 +40,8 @@ def _members(quant, name="resnet20"):
     models, xs, ys = [], [], []
     for seed, spec in enumerate(specs):
         torch.manual_seed(seed)
-        model = build_model(name, spec, 10, 3).train()
-        x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+        model = build_model(name, spec, 10, 3).double().train()  # float64: see tests/test_mode_batch.py
+        x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
         calibrate_quantizers(model, x, spec.modes)
         mark_calibrated(model)
         models.append(model)
@@ -69,10 +69,10 @@ def test_a_pack_step_gives_each_run_its_own_gradients_and_statistics(quant, name
         for (key, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
             assert (pa.grad is None) == (pb.grad is None), key
             if pa.grad is not None:
-                rel = ((pa.grad - pb.grad).norm() / pa.grad.norm().clamp_min(1e-12)).item()
-                assert rel <= (1e-2 if (".alpha." in key or ".step." in key) else 1e-4), (key, rel)
+                rel = ((pa.grad - pb.grad).norm() / pa.grad.norm().clamp_min(1e-30)).item()
+                assert rel <= 1e-9, (key, rel)
         for (key, ba), (_, bb) in zip(a.named_buffers(), b.named_buffers()):
-            torch.testing.assert_close(ba, bb, rtol=1e-5, atol=1e-5, msg=key)
+            torch.testing.assert_close(ba, bb, rtol=1e-10, atol=1e-10, msg=key)
     for model in packed:
         assert all(getattr(m, "slots", None) is None for m in model.modules())  # the pack is cleared
 
@@ -132,11 +132,15 @@ def test_a_quantizable_pack_step_in_the_engine_equals_the_runs_alone(tmp_path):
                 f"out_dir={tmp_path / 'packed'}").exit_code == 0
     r = qdnn("ablate", "quickstart", *common, "trainer.mode_batch=true", f"out_dir={tmp_path / 'alone'}")
     assert r.exit_code == 0, r.output
+    # float32: the odd rounding flip leaves ~1e-4 between the two after one step (measured
+    # 0.7-1.2e-4); the consistency loss alone moves the weights 40-60x that in the same step
     for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):
         train = lambda d: [r for r in read_csv(d / leaf / "metrics.csv") if r["split"] == "train"]  # noqa: E731
         for a, b in zip(train(tmp_path / "packed"), train(tmp_path / "alone")):
             assert a["mode"] == b["mode"] and float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-5)
-        assert _relative_distance(_params(tmp_path / "packed" / leaf), _params(tmp_path / "alone" / leaf)) < 1e-4
+        assert _relative_distance(_params(tmp_path / "packed" / leaf), _params(tmp_path / "alone" / leaf)) < 1e-3
+    for with_kl, without in (("full", "no_consistency"), ("shared_bn", "no_consistency_shared_bn")):
+        assert _relative_distance(_params(tmp_path / "alone" / with_kl), _params(tmp_path / "alone" / without)) > 2e-3
 
 
 def test_a_stopped_pack_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):

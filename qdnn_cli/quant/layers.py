@@ -27,7 +27,7 @@ from torch import nn
 
 from .modes import (BitModeError, Mode, act_bits, mode_bits, mode_code, mode_from_code, parse_mode, sort_modes,
                     weight_bits)
-from .quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
+from .quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, quantize_weight_slots
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class QConv2d(nn.Conv2d, _Switchable):
         if self.act_quant is not None:
             x = self.act_quant.forward_slots(x.unflatten(1, (n, -1)), tuple(a for _, a in plan.settings),
                                              tuple(o.act_quant for o in plan.owners)).flatten(1, 2)
-        weight = _cat(_slot_weights(plan)) if self.quantize else _cat(o.weight for o in plan.owners)
+        weight = _slot_weights(plan).flatten(0, 1) if self.quantize else _cat(o.weight for o in plan.owners)
         return conv(x, weight, _cat_bias(plan.owners), self.groups * n)
 
 
@@ -161,7 +161,7 @@ class QLinear(nn.Linear, _Switchable):
         if self.quantize:
             x = self.act_quant.forward_slots(x, tuple(a for _, a in plan.settings),
                                              tuple(o.act_quant for o in plan.owners))
-            weight = torch.stack(_slot_weights(plan))
+            weight = _slot_weights(plan)
         elif len(plan.runs) == 1:  # one model: one weight for every slot
             return F.linear(x, self.weight, self.bias).flatten(-2)
         else:
@@ -210,8 +210,7 @@ class BitSpecificBN(nn.Module, _Switchable):
             mean = _cat(bn.running_mean for bn in norms)
             var = _cat(bn.running_var for bn in norms)
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
-        for bn in norms:
-            bn.num_batches_tracked.add_(1)
+        torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
         momentum = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked) for bn in norms]
         c = first.num_features
         if len({id(bn) for bn in norms}) == n and len(set(momentum)) == 1:
@@ -220,15 +219,15 @@ class BitSpecificBN(nn.Module, _Switchable):
             var = torch.cat([bn.running_var for bn in norms])
             out = F.batch_norm(x, mean, var, weight, bias, True, momentum[0], first.eps)
             with torch.no_grad():
-                for i, bn in enumerate(norms):
-                    bn.running_mean.copy_(mean[i * c:(i + 1) * c])
-                    bn.running_var.copy_(var[i * c:(i + 1) * c])
+                torch._foreach_copy_([bn.running_mean for bn in norms], list(mean.split(c)))
+                torch._foreach_copy_([bn.running_var for bn in norms], list(var.split(c)))
             return out
         # slots sharing a BN (shared BN, mixed configurations): its statistics move once per
         # slot, in slot order, as they do when the modes run one after another
         out = F.batch_norm(x, None, None, weight, bias, True, 0.0, first.eps)
         with torch.no_grad():
-            var, mean = torch.var_mean(x.detach().float(), dim=[0, *range(2, x.dim())], correction=1)
+            stats_of = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
+            var, mean = torch.var_mean(stats_of, dim=[0, *range(2, x.dim())], correction=1)
             for i, (bn, f) in enumerate(zip(norms, momentum)):
                 bn.running_mean.lerp_(mean[i * c:(i + 1) * c].to(bn.running_mean.dtype), f)
                 bn.running_var.lerp_(var[i * c:(i + 1) * c].to(bn.running_var.dtype), f)
@@ -297,16 +296,13 @@ def _same_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _slot_weights(plan: SlotPlan) -> list[torch.Tensor]:
-    """Each slot's quantized weight; slots of one owner at the same weight bits share one."""
-    done: dict[tuple[int, int], torch.Tensor] = {}
-    out = []
-    for owner, (w, _) in zip(plan.owners, plan.settings):
-        key = (id(owner), w)
-        if key not in done:
-            done[key] = owner.weight_quant(owner.weight, w)
-        out.append(done[key])
-    return out
+def _slot_weights(plan: SlotPlan) -> torch.Tensor:
+    """Every slot's quantized weight, stacked: ``[slots, *weight.shape]``."""
+    owners = plan.run_owners
+    weights = torch.stack([o.weight for o in owners]) if len(owners) > 1 else owners[0].weight.unsqueeze(0)
+    run_index = tuple(r for r, n in enumerate(plan.runs) for _ in range(n))
+    return quantize_weight_slots(tuple(o.weight_quant for o in plan.owners), weights, run_index,
+                                 tuple(w for w, _ in plan.settings))
 
 
 # ----------------------------------------------------------------------------- switching

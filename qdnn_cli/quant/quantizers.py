@@ -12,7 +12,7 @@ be a single kernel, but on CPU it measured ~10x slower than this chain (12 ms vs
 on a 128x16x32x32 tensor, 2 threads). ``naive_*`` functions keep the textbook
 ``round``/``clamp``/``detach`` formulation for tests and the benchmark.
 
-Quantization always runs in float32: under autocast the incoming tensor may be
+Quantization always runs in float32 or wider: under autocast the incoming tensor may be
 bf16/fp16, which cannot hold 255 evenly spaced levels exactly.
 """
 from __future__ import annotations
@@ -34,8 +34,10 @@ def _levels(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def _as_float32(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype == torch.float32 else x.float()
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 inputs (autocast) up to float32; float32 and float64 as they are (the
+    equivalence tests run in float64, where summation order cannot flip a rounding)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 # --------------------------------------------------------------------------- mode slots
@@ -47,12 +49,18 @@ def _slot_shape(x: torch.Tensor) -> list[int]:
     return [1, x.shape[1]] + [1] * (x.dim() - 2)
 
 
-def _slot_constant(owner: nn.Module, name: str, values: tuple, x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def _slot_constant(owner: nn.Module, name: str, values: tuple, x: torch.Tensor, dtype=None,
+                   slot_dim: int = 1) -> torch.Tensor:
+    """``values`` (one per slot) shaped to broadcast along ``x``'s slot axis ``slot_dim``,
+    in ``x``'s dtype unless ``dtype`` says otherwise."""
+    dtype = dtype or x.dtype
     cache = owner.__dict__.setdefault("_qdnn_slot_constants", {})
-    key = (name, values, x.dim(), x.device)
+    key = (name, values, x.dim(), slot_dim, x.device, dtype)
     t = cache.get(key)
     if t is None:
-        t = torch.tensor(values, dtype=dtype, device=x.device).view(_slot_shape(x))
+        shape = [1] * x.dim()
+        shape[slot_dim] = len(values)
+        t = torch.tensor(values, dtype=dtype, device=x.device).view(shape)
         cache[key] = t
     return t
 
@@ -157,7 +165,7 @@ def quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
 
     Values outside [0, 1] are clamped and get zero gradient (the clamp's own gradient).
     """
-    return _ClampRound.apply(_as_float32(x), _levels(bits))
+    return _ClampRound.apply(_at_least_float32(x), _levels(bits))
 
 
 WEIGHT_SCALES = ("none", "mean_abs")
@@ -174,7 +182,7 @@ def dorefa_weight(w: torch.Tensor, bits: int, scale: str = "none", max_grad: boo
     """
     if bits == 1:
         return naive_sign_weight(w)
-    w = _as_float32(w)
+    w = _at_least_float32(w)
     t = torch.tanh(w)
     peak = t.abs().max()
     unit = t / (2 * (peak if max_grad else peak.detach())) + 0.5
@@ -227,6 +235,64 @@ class DoReFaWeight(WeightQuantizer):
         return dorefa_weight(w, bits, self.scale, self.max_grad)
 
 
+def _slot_index(owner: nn.Module, run_index: tuple[int, ...], device) -> torch.Tensor:
+    cache = owner.__dict__.setdefault("_qdnn_slot_constants", {})
+    key = ("run_index", run_index, device)
+    if key not in cache:
+        cache[key] = torch.tensor(run_index, dtype=torch.long, device=device)
+    return cache[key]
+
+
+def dorefa_weight_slots(weights: torch.Tensor, run_index: tuple[int, ...], bits: tuple[int, ...],
+                        scale: str = "none", max_grad: bool = False, owner: nn.Module | None = None) -> torch.Tensor:
+    """:func:`dorefa_weight` of many slots in a few kernels: ``weights`` holds one weight
+    per run (``[runs, ...]``), slot ``i`` is ``dorefa_weight(weights[run_index[i]], bits[i])``
+    (the weight itself at 32 bits); returns ``[slots, ...]``. ``owner`` caches the slot index."""
+    w = _at_least_float32(weights)
+    dims = tuple(range(1, w.dim()))
+    owner = owner if owner is not None else nn.Module()
+    idx = _slot_index(owner, run_index, w.device)
+    out = None
+    if any(b not in (1, FULL_PRECISION) for b in bits):
+        t = torch.tanh(w)
+        peak = t.abs().amax(dim=dims, keepdim=True)
+        unit = (t / (2 * (peak if max_grad else peak.detach())) + 0.5).index_select(0, idx)
+        levels = _slot_constant(owner, "weight_levels", tuple(_levels(b) if b not in (1, FULL_PRECISION) else 1
+                                                               for b in bits), w, slot_dim=0)
+        out = _Round.apply(unit, levels).mul(2).sub_(1)
+        if scale == "mean_abs":
+            out = out * w.abs().mean(dim=dims, keepdim=True).detach().index_select(0, idx)
+    if 1 in bits:  # E|W|·sign(W), straight through (as naive_sign_weight)
+        mean_abs = w.abs().mean(dim=dims, keepdim=True).detach()
+        sign = torch.where(w >= 0, mean_abs, -mean_abs)
+        binary = (w + (sign - w).detach()).index_select(0, idx)
+        ones = _slot_constant(owner, "one_bit", tuple(b == 1 for b in bits), w, torch.bool, slot_dim=0)
+        out = binary if out is None else torch.where(ones, binary, out)
+    if FULL_PRECISION in bits:
+        full = w.index_select(0, idx)
+        fp = _slot_constant(owner, "full_precision", tuple(b == FULL_PRECISION for b in bits), w, torch.bool,
+                            slot_dim=0)
+        out = full if out is None else torch.where(fp, full, out)
+    return out
+
+
+def quantize_weight_slots(quantizers: tuple, weights: torch.Tensor, run_index: tuple[int, ...],
+                          bits: tuple[int, ...]) -> torch.Tensor:
+    """Each slot's quantized weight, ``[slots, ...]``: slot ``i`` is
+    ``quantizers[i](weights[run_index[i]], bits[i])``. DoReFa weights (no parameters) go
+    through :func:`dorefa_weight_slots`; other quantizers slot by slot, each slot of a
+    run at the same bits computed once."""
+    first = quantizers[0]
+    if type(first) is DoReFaWeight and all(type(q) is DoReFaWeight and (q.scale, q.max_grad) ==
+                                           (first.scale, first.max_grad) for q in quantizers):
+        return dorefa_weight_slots(weights, run_index, bits, first.scale, first.max_grad, first)
+    done: dict[tuple[int, int], torch.Tensor] = {}
+    for q, r, b in zip(quantizers, run_index, bits):
+        if (r, b) not in done:
+            done[(r, b)] = q(weights[r], b)
+    return torch.stack([done[(r, b)] for r, b in zip(run_index, bits)])
+
+
 class NaiveDoReFaWeight(WeightQuantizer):
     def forward(self, w, bits):
         if bits == FULL_PRECISION:
@@ -265,8 +331,9 @@ class DoReFaAct(ActQuantizer):
         runs = _quantized_runs(bits)
         if not any(q for _, _, q in runs):
             return x
+        x = _at_least_float32(x)
         n = _slot_constant(self, "levels", tuple(_levels(b) if b != FULL_PRECISION else 1 for b in bits), x)
-        return _SlotClampRound.apply(_as_float32(x), n, tuple(runs))
+        return _SlotClampRound.apply(x, n, tuple(runs))
 
 
 class NaiveDoReFaAct(ActQuantizer):
@@ -293,7 +360,7 @@ class PACTAct(ActQuantizer):
         if bits == FULL_PRECISION:
             return x
         alpha = self.alpha[str(bits)]
-        x = _as_float32(x)
+        x = _at_least_float32(x)
         # clamp with alpha as a tensor gives the PACT gradient for alpha (1 where x > alpha).
         clipped = torch.minimum(torch.relu(x), alpha)
         n = _levels(bits)
@@ -305,7 +372,7 @@ class PACTAct(ActQuantizer):
         return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
     def _quantize_slots(self, x, bits, owners):
-        x = _as_float32(x)
+        x = _at_least_float32(x)
         alpha = torch.stack([o.alpha[str(b)] for o, b in zip(owners, bits)]).view(_slot_shape(x))
         n = _slot_constant(self, "levels", tuple(_levels(b) for b in bits), x)
         unit = torch.minimum(torch.relu(x), alpha) / alpha
@@ -351,7 +418,7 @@ class LSQQuantizer(ActQuantizer):
         if bits == FULL_PRECISION:
             return x
         key = str(bits)
-        x = _as_float32(x)
+        x = _at_least_float32(x)
         qmin, qmax = self._range(bits)
         step = self.step[key]
         if key not in self._ready and self.training:
@@ -368,7 +435,7 @@ class LSQQuantizer(ActQuantizer):
         return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
     def _quantize_slots(self, x, bits, owners):
-        x = _as_float32(x)
+        x = _at_least_float32(x)
         if self.training and any(str(b) not in o._ready for o, b in zip(owners, bits)):
             for i, (o, b) in enumerate(zip(owners, bits)):  # first sight of a mode: its step from its own slot
                 if str(b) not in o._ready and o.step[str(b)].item() <= 0:
