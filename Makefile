@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all quickstart bench ddp-smoke device-site device-data device-check device-table clean
+.PHONY: install test test-all quickstart bench ddp-smoke device-site device-data device-data-full device-check device-table clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,11 @@ device-data: $(STAMP)
 
 device-table:
 	bash scripts/gpu_table.sh
+
+# The whole training split + val/ in two archives, one per device call (scripts/gpu_first.sh:
+# call 1 carries .site and part 1 and runs `bench`, call 2 carries .site and part 2 and runs `train`).
+device-data-full: $(STAMP) device-site
+	$(BIN)/python scripts/device_data.py pack $(DEV_DATA) .gpu/cifar100-dev --fraction 1 --parts 2
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

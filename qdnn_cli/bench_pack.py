@@ -52,15 +52,26 @@ def sequential_step(runs, modes, loss_fn, amp_ctx, batched: bool):
     return step
 
 
-def packed_step(runs, modes, loss_fn, amp_ctx):
-    """The runs as one pack: one forward, one backward, each run's optimizer step."""
+def packed_step(runs, modes, loss_fn, amp_ctx, compile_mode: str | None = None):
+    """The runs as one pack: one forward, one backward, each run's optimizer step;
+    ``compile_mode``: the pack's forward and losses compiled whole (as a compiled pack trains)."""
     models, opts, xs, ys = zip(*runs)
+    losses, cudagraphs = None, False
+    if compile_mode:
+        from .engine.compile import compile_step
+        from .engine.pack import pack_losses
+
+        losses = compile_step(pack_losses, 2, compile_mode)
+        cudagraphs = xs[0].is_cuda and compile_mode in ("reduce-overhead", "max-autotune")
+    modes_per_run = tuple(tuple(modes) for _ in runs)
 
     def step():
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        pack_backward(list(models), list(xs), list(ys), [modes] * len(runs), [loss_fn] * len(runs),
-                      [True] * len(runs), amp_ctx)
+        pack_backward(list(models), list(xs), list(ys), modes_per_run, (loss_fn,) * len(runs),
+                      (True,) * len(runs), amp_ctx, losses)
         for opt in opts:
             opt.step()
     return step
@@ -94,7 +105,7 @@ def step_flops(fn) -> float:
 
 def run(device: str = "cpu", model: str = "resnet20", modes=(32, 8, 4, 3, 2), batch: int = 128,
         pack_batch: int = 32, pack_sizes=(1, 2, 4, 8), repeats: int = 5, channels_last: bool = True,
-        amp: str = "none", profile: bool = False) -> dict:
+        amp: str = "none", profile: bool = False, compiled_sizes=(), compile_mode: str = "reduce-overhead") -> dict:
     """Every figure of the section on one device; prints as it goes, returns the ratios."""
     from .bench import gpu_busy_ms
     from .engine.device import keep_freed_cpu_memory
@@ -139,10 +150,19 @@ def run(device: str = "cpu", model: str = "resnet20", modes=(32, 8, 4, 3, 2), ba
                "sequential_mode_batch": sequential_step(runs, modes, loss_fn, amp_ctx, True),
                "packed": packed_step(runs, modes, loss_fn, amp_ctx)}
         try:
+            if n in compiled_sizes:
+                fns["packed_compiled"] = packed_step(runs, modes, loss_fn, amp_ctx, compile_mode)
+                t0 = time.perf_counter()
+                fns["packed_compiled"]()
+                sync()
+                print(f"  N={n:<2} compiled the pack step ({compile_mode}) in {time.perf_counter() - t0:.0f} s")
             t = timed(fns, repeats, sync, steps)
         except torch.OutOfMemoryError:
             print(f"  N={n:<2}: out of device memory, skipped")
             break
+        except Exception as e:  # noqa: BLE001 - report and go on: one broken variant must not hide the rest
+            print(f"  N={n:<2}: FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
         flops = step_flops(fns["sequential"])
         ratio = t["packed"] / t["sequential"]
         out[f"{dev.type}_pack_ratio_{n}"] = ratio
@@ -154,11 +174,20 @@ def run(device: str = "cpu", model: str = "resnet20", modes=(32, 8, 4, 3, 2), ba
         print(f"  N={n:<2} one after another {t['sequential'] * 1000:9.1f} ms | mode-batched one after another "
               f"{t['sequential_mode_batch'] * 1000:9.1f} ms | packed {t['packed'] * 1000:9.1f} ms "
               f"({flops / t['packed'] / 1e12:.3f} TFLOP/s)  pack_ratio = {ratio:.3f}{mark}")
+        if "packed_compiled" in t:
+            c = t["packed_compiled"]
+            out[f"{dev.type}_pack_compiled_ratio_{n}"] = c / t["sequential"]
+            out[f"{dev.type}_pack_compiled_ms_{n}"] = c * 1000
+            print(f"       packed + compiled {c * 1000:9.1f} ms ({flops / c / 1e12:.3f} TFLOP/s)  "
+                  f"pack_compiled_ratio = {c / t['sequential']:.3f}; 50k-image epoch of all {n} runs ≈ "
+                  f"{c * -(-50_000 // pack_batch):.1f} s")
         if profile and cuda:
-            busy = gpu_busy_ms(fns["packed"], 3)
-            if busy is not None:
-                out[f"cuda_busy_share_packed_{n}"] = busy / 1000 / t["packed"]
-                print(f"    GPU kernels busy [packed] = {busy / 1000 / t['packed']:.0%} of the step")
+            for k in ("packed", "packed_compiled"):
+                busy = gpu_busy_ms(fns[k], 3) if k in fns else None
+                if busy is not None:
+                    out[f"cuda_busy_share_{k}_{n}"] = busy / 1000 / t[k]
+                    print(f"    GPU kernels busy [{k}] = {busy / 1000 / t[k]:.0%} of the step "
+                          f"({busy:.2f} ms of kernels)")
         del runs, fns
         if cuda:
             torch.cuda.empty_cache()

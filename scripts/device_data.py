@@ -14,6 +14,12 @@ would change) are computed here over the whole tree and passed as ``data.mean`` 
 
 ``pack`` writes one uncompressed zip (``<dst>.zip``: 25k small files would cost the
 transfer more than their bytes); ``fill`` unpacks it into ``<dst>``.
+
+The whole training split (98 MB of PNGs + 11 MB of val/) is more than one call carries:
+``pack --parts 2`` writes ``<dst>.part1of2.zip`` (val/ and about half the training
+images) and ``<dst>.part2of2.zip`` (the rest), byte-balanced. On the device, ``unpack``
+extracts whatever parts a call carried (a warm machine keeps them), and ``fill`` refuses
+to run until every part has arrived: a missing part would otherwise train on placeholders.
 """
 from __future__ import annotations
 
@@ -35,39 +41,59 @@ from qdnn_cli.data.sources import (IMAGE_SUFFIXES, decode_cached, list_classes, 
 MANIFEST, STATS, PLACEHOLDER = "train_files.txt", "stats.json", ".placeholder.png"
 
 
-def pack(src: Path, dst: Path, fraction: float, subset_seed: int, train: str, val: str) -> None:
+def pack(src: Path, dst: Path, fraction: float, subset_seed: int, train: str, val: str, parts: int = 1) -> None:
     classes = list_classes(src / train)
     files, labels = list_files(src / train, classes)
     keep = stratified_subset(torch.tensor(labels), fraction, subset_seed).tolist()
     images = decode_cached(files, 3).float() / 255  # statistics of the whole training split
     stats = {"mean": images.mean(dim=(0, 2, 3)).tolist(), "std": images.std(dim=(0, 2, 3)).tolist(),
              "train_fraction": fraction, "subset_seed": subset_seed, "train_split": train, "val_split": val,
-             "source": str(src), "train_images": len(files), "shipped_train_images": len(keep)}
+             "source": str(src), "train_images": len(files), "shipped_train_images": len(keep), "parts": parts}
     rel = [os.path.relpath(f, src) for f in files]
-    archive = dst.with_suffix(".zip")
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
-        for i in keep:
-            z.write(src / rel[i], rel[i])
-        for f in sorted((src / val).rglob("*")):
-            if f.is_file():
-                z.write(f, os.path.relpath(f, src))
-        z.writestr(MANIFEST, "\n".join(rel) + "\n")
-        z.writestr(STATS, json.dumps(stats, indent=1))
-    print(f"{archive}: {len(keep)} of {len(files)} training images + {val}/, "
-          f"{archive.stat().st_size / 2**20:.1f} MiB")
+    val_files = [os.path.relpath(f, src) for f in sorted((src / val).rglob("*")) if f.is_file()]
+    # byte-balanced parts; val/ goes with part 1
+    shares = [[] for _ in range(parts)]
+    load = [sum((src / f).stat().st_size for f in val_files)] + [0] * (parts - 1)
+    for i in keep:
+        k = load.index(min(load))
+        shares[k].append(rel[i])
+        load[k] += (src / rel[i]).stat().st_size
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for k, share in enumerate(shares, 1):
+        archive = dst.with_suffix(".zip") if parts == 1 else dst.parent / f"{dst.name}.part{k}of{parts}.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
+            for f in share + (val_files if k == 1 else []):
+                z.write(src / f, f)
+            z.writestr(MANIFEST, "\n".join(rel) + "\n")
+            z.writestr(STATS, json.dumps(stats, indent=1))
+            z.writestr(f".part{k}", "")
+        print(f"{archive}: {len(share)} of {len(files)} training images{f' + {val}/' if k == 1 else ''}, "
+              f"{archive.stat().st_size / 2**20:.1f} MiB")
+
+
+def unpack(dst: Path) -> None:
+    """Extract every archive of ``dst`` this call carried (one zip, or parts)."""
+    archives = sorted(dst.parent.glob(f"{dst.name}.part*of*.zip"))
+    if dst.with_suffix(".zip").is_file():
+        if dst.exists():
+            shutil.rmtree(dst)
+        archives.append(dst.with_suffix(".zip"))
+    for archive in archives:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(dst)
+        print(f"{archive}: unpacked into {dst}", file=sys.stderr)
 
 
 def fill(dst: Path) -> None:
     from PIL import Image
 
-    archive = dst.with_suffix(".zip")
-    if archive.is_file():
-        if dst.exists():
-            shutil.rmtree(dst)
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(dst)
+    unpack(dst)
     stats = json.loads((dst / STATS).read_text())
+    missing = [k for k in range(1, int(stats.get("parts", 1)) + 1) if int(stats.get("parts", 1)) > 1
+               and not (dst / f".part{k}").exists()]
+    if missing:
+        sys.exit(f"error: {dst}: part(s) {missing} of {stats['parts']} have not arrived; carry "
+                 f"{dst.name}.part<k>of{stats['parts']}.zip in a call while the machine is warm")
     placeholder = dst / PLACEHOLDER
     # a PNG under any image name: the loaders decode by content, and never train on it
     with Image.open(next(p for p in (dst / stats["val_split"]).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)) as im:
@@ -97,11 +123,14 @@ def main() -> None:
     p.add_argument("--subset-seed", type=int, default=0)
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
-    f = sub.add_parser("fill")
-    f.add_argument("dst", type=Path)
+    p.add_argument("--parts", type=int, default=1, help="archives to split the images into (one per device call)")
+    for name in ("fill", "unpack"):
+        sub.add_parser(name).add_argument("dst", type=Path)
     a = ap.parse_args()
     if a.cmd == "pack":
-        pack(a.src, a.dst, a.fraction, a.subset_seed, a.train_split, a.val_split)
+        pack(a.src, a.dst, a.fraction, a.subset_seed, a.train_split, a.val_split, a.parts)
+    elif a.cmd == "unpack":
+        unpack(a.dst)
     else:
         fill(a.dst)
 

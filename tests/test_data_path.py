@@ -198,3 +198,45 @@ def test_device_data_ships_the_subset_and_rebuilds_the_same_training_data(tmp_pa
     assert torch.equal(a.val.images, b.val.images)
     (xa, ya), (xb, yb) = next(iter(a.train)), next(iter(b.train))
     assert torch.allclose(xa, xb) and torch.equal(ya, yb)  # same normalisation too
+
+
+def test_device_data_in_parts_refuses_to_fill_until_every_part_arrived(tmp_path):
+    """--parts 2: the whole split in two archives (one per device call); fill with only
+    the first is one error line, with both the tree equals the original."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from helpers import write_folder_tree
+    from qdnn_cli.data import build_data
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_data.py"
+    full = write_folder_tree(tmp_path / "full", classes=3, per_class=(10, 3), size=8)
+    packed = tmp_path / "ship" / "tree"
+    subprocess.run([sys.executable, str(script), "pack", str(full), str(packed), "--fraction", "1", "--parts", "2"],
+                   check=True, capture_output=True)
+    parts = [packed.parent / f"tree.part{k}of2.zip" for k in (1, 2)]
+    assert all(p.is_file() for p in parts) and not packed.with_suffix(".zip").exists()
+    moved = tmp_path / "device" / "tree"
+    moved.parent.mkdir()
+    parts[0].rename(moved.parent / parts[0].name)  # the first call carries part 1 only
+    r = subprocess.run([sys.executable, str(script), "fill", str(moved)], capture_output=True, text=True)
+    assert r.returncode != 0 and "part(s) [2] of 2 have not arrived" in r.stderr and "Traceback" not in r.stderr
+    (moved.parent / parts[0].name).unlink()  # the second call carries part 2 only; part 1 stays unpacked
+    parts[1].rename(moved.parent / parts[1].name)
+    out = subprocess.run([sys.executable, str(script), "fill", str(moved)], check=True, capture_output=True,
+                         text=True).stdout.split()
+    overrides = dict(o.split("=", 1) for o in out)
+
+    def data(root, mean=None, std=None):
+        d = OmegaConf.create({"name": "folder", "root": str(root), "train_split": "train", "val_split": "val",
+                              "in_channels": 3, "train_fraction": 1.0, "subset_seed": 0, "crop_padding": 0,
+                              "flip": False, "max_in_memory_size": 64, "mean": mean, "std": std})
+        return build_data(d, 4, 4, torch.device("cpu"), seed=0)
+
+    a = data(full)
+    b = data(moved, *(OmegaConf.create(f"x: {overrides[k]}").x for k in ("data.mean", "data.std")))
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.train.labels, b.train.labels)
+    assert torch.equal(a.val.images, b.val.images) and len(a.train.labels) == 30

@@ -176,11 +176,23 @@ def test_runs_at_different_epochs_train_together_and_the_report_reads_them(tmp_p
     assert "shared BN" in (tmp_path / "report.md").read_text()
 
 
-def test_packed_with_torch_compile_is_one_line(tmp_path):
+def test_a_compiled_pack_with_per_step_mode_draws_is_one_line(tmp_path):
     r = qdnn("ablate", "quickstart", "--launcher", "packed", *SMALL, "trainer.epochs=1", "trainer.compile=true",
-             f"out_dir={tmp_path / 'g'}")
+             "trainer.mode_sampling=sandwich", f"out_dir={tmp_path / 'g'}")
     assert r.exit_code != 0
-    assert "trainer.compile" in r.output and "Traceback" not in r.output
+    assert "trainer.compile" in r.output and "mode_sampling" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_a_compiled_pack_trains_like_the_eager_pack(tmp_path):
+    """torch.compile of the whole pack step (inductor on the CPU: about a minute)."""
+    common = [*SMALL, "model=tiny", "model.kwargs.width=8", "data.train_size=32", "trainer.epochs=1",
+              "quant.bits=[2,32]"]
+    for name, extra in (("eager", []), ("compiled", ["trainer.compile=true"])):
+        r = qdnn("ablate", "quickstart", "--launcher", "packed", *common, *extra, f"out_dir={tmp_path / name}")
+        assert r.exit_code == 0, r.output
+    for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):
+        assert _relative_distance(_params(tmp_path / "compiled" / leaf), _params(tmp_path / "eager" / leaf)) < 1e-3
 
 
 def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_path):

@@ -50,8 +50,9 @@ def pack_key(cfg) -> tuple:
 
 def check_pack_config(cfg, name: str) -> None:
     t = cfg.trainer
-    if t.get("compile"):
-        raise PackError(f"{name}: --launcher packed trains without torch.compile; drop trainer.compile={t.compile}")
+    if t.get("compile") and (t.mode_sampling != "all" or cfg.loss.warmup_epochs):
+        raise PackError(f"{name}: a compiled pack (trainer.compile={t.compile}) needs trainer.mode_sampling=all and "
+                        "no loss.warmup_epochs (its graph is built once); drop trainer.compile or those options")
     if t.amp == "fp16":
         raise PackError(f"{name}: --launcher packed does not take trainer.amp=fp16 (one loss scale per run); use bf16")
 
@@ -75,6 +76,15 @@ class PackedTrainer:
             t.prepare()
             t.stop = self.stop  # one signal handler for the pack
         check_packable([t.model for t in self.members], self.names)
+        self.losses, self.cudagraphs = pack_losses, False
+        compile_option = self.members[0].cfg.trainer.get("compile")
+        if compile_option:  # the whole pack's forward and losses as one graph (per set of runs stepping)
+            from .compile import compile_mode, compile_step
+
+            mode = compile_mode(compile_option)
+            self.losses = compile_step(pack_losses, len(self.members) + 1, mode)
+            self.cudagraphs = self.members[0].device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+            self.log(f"torch.compile (mode {mode}) of the pack's step: the first steps compile and take minutes")
         first = self.members[0]
         for t, name in zip(self.members[1:], self.names[1:]):
             if t.steps_per_epoch != first.steps_per_epoch or t.data.image_size != first.data.image_size:
@@ -146,10 +156,14 @@ class PackedTrainer:
     def train_step(self, stepping: list[Trainer], xs, ys, modes, states) -> None:
         """One forward over every run's modes, each run's own loss, one backward, each
         run's own optimizer step."""
+        if self.cudagraphs:  # a new step: the last step's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         for t in stepping:
             t.optimizer.zero_grad(set_to_none=True)
-        per_run = pack_backward([t.model for t in stepping], xs, ys, modes, [t.epoch_loss for t in stepping],
-                                [t.distill for t in stepping], stepping[0].amp_ctx)
+        total, per_run = self.losses([t.model for t in stepping], xs, ys, tuple(tuple(m) for m in modes),
+                                     tuple(t.epoch_loss for t in stepping), tuple(t.distill for t in stepping),
+                                     stepping[0].amp_ctx)
+        total.backward()
         for t, y, per_mode in zip(stepping, ys, per_run):
             t.apply_step(per_mode, states[id(t)].stats, y.numel())
             states[id(t)].images += y.numel()
@@ -168,19 +182,26 @@ class PackedTrainer:
         return kept
 
 
-def pack_backward(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.nullcontext) -> list[dict]:
-    """Forward of every model's modes as one pack, each model's loss from its own slots,
-    one backward of their sum (each model gets only its own gradient). Returns each
-    model's per-mode (CE, top-1 hits, top-5 hits)."""
+def pack_losses(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.nullcontext):
+    """Forward of every model's modes as one pack and each model's loss from its own
+    slots: ``(summed loss, [per-mode (CE, top-1 hits, top-5 hits) of each model])``. The
+    backward of the sum gives each model only its own gradient (no parameter is shared).
+    What a compiled pack compiles whole."""
     counts = [len(m) for m in modes]
     with amp_ctx(), pack_batch(models, modes) as driver:
         logits = split_slots(driver(pack_inputs(xs)), sum(counts))
     total, per_run, at = None, [], 0
     for y, m, n, loss_fn, distill in zip(ys, modes, counts, loss_fns, distills):
-        loss, per_mode = losses_from_logits(logits[at:at + n], y, m, loss_fn, distill)
+        loss, per_mode = losses_from_logits(logits[at:at + n], y, list(m), loss_fn, distill)
         at += n
         total = loss if total is None else total + loss
         per_run.append(per_mode)
+    return total, per_run
+
+
+def pack_backward(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.nullcontext, losses=None) -> list:
+    """:func:`pack_losses` (or its compiled form ``losses``) and the backward of the sum."""
+    total, per_run = (losses or pack_losses)(models, xs, ys, modes, loss_fns, distills, amp_ctx)
     total.backward()
     return per_run
 
