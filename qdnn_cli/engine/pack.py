@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..quant.slots import PackError, check_packable, pack_batch, pack_inputs, split_slots
+from .device import keep_freed_cpu_memory
 from .interrupt import RunInterrupted, StopSignals, fault_hooks
 from .loop import Trainer, TrainingDiverged
 from .progress import make_progress
@@ -75,7 +76,10 @@ class PackedTrainer:
                 raise PackError(f"{name}: --launcher packed runs in one process (no torchrun)")
             t.prepare()
             t.stop = self.stop  # one signal handler for the pack
+            t.mode_batch = t.distill  # evaluation too runs every mode in one forward (same numbers)
         check_packable([t.model for t in self.members], self.names)
+        if self.members[0].device.type == "cpu":
+            keep_freed_cpu_memory()  # a pack's activations are large: no page faults per step
         self.losses, self.cudagraphs = pack_losses, False
         compile_option = self.members[0].cfg.trainer.get("compile")
         if compile_option:  # the whole pack's forward and losses as one graph (per set of runs stepping)
