@@ -171,6 +171,8 @@ def test_runs_at_different_epochs_train_together_and_the_report_reads_them(tmp_p
     for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):
         assert json.loads((group / leaf / "status.json").read_text())["state"] == "finished", leaf
         assert {row["epoch"] for row in read_csv(group / leaf / "metrics.csv")} == {"1", "2"}
+    ck = torch.load(group / "no_consistency" / "checkpoint.pt", weights_only=False)
+    assert all(g["fused"] for g in ck["optimizer"]["param_groups"])  # a pack's update is the fused one
     r = qdnn("report", group, "--out", tmp_path / "report.md")
     assert r.exit_code == 0, r.output
     assert "shared BN" in (tmp_path / "report.md").read_text()

@@ -77,6 +77,13 @@ class PackedTrainer:
             t.prepare()
             t.stop = self.stop  # one signal handler for the pack
             t.mode_batch = t.distill  # evaluation too runs every mode in one forward (same numbers)
+            if t.cfg.trainer.mode_sampling == "all":
+                # every parameter has a gradient every step: the fused update (a kernel or two
+                # per run instead of a loop or foreach chain over its tensors); torch's fused
+                # SGD cannot take a momentum buffer that appears later (sandwich sampling)
+                for group in t.optimizer.param_groups:
+                    if "fused" in group:
+                        group["fused"], group["foreach"] = True, False
         check_packable([t.model for t in self.members], self.names)
         if self.members[0].device.type == "cpu":
             keep_freed_cpu_memory()  # a pack's activations are large: no page faults per step
