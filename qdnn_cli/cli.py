@@ -90,7 +90,9 @@ def train(
     extend_epochs: bool = typer.Option(False, "--extend-epochs",
                                        help="continue a run with another trainer.epochs (moves the lr schedule's horizon)"),
 ):
-    """Train one model (quantizable by default) and write its run directory."""
+    """Train one model (quantizable by default) and write its run directory.
+
+    Example: qdnn train cifar100 trainer.epochs=10 'quant.bits=[2,4,32]'"""
     from .runs import train_one
 
     train_one(experiment, overrides or [], resume_latest=resume, extend_epochs=extend_epochs)
@@ -108,7 +110,9 @@ def ablate(
     nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
     """Ablations: with a flag, that variant; with none, every variant of the grid
-    (full, no consistency, shared BN, both off)."""
+    (full, no consistency, shared BN, both off).
+
+    Example: qdnn ablate cifar100 --no-consistency trainer.epochs=30"""
     from .runs import ablate as run_ablation
 
     opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
@@ -125,7 +129,9 @@ def sweep_bits(
     launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
     nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
-    """One dedicated ("quantized DNN") model per bit-width, same recipe."""
+    """One dedicated ("quantized DNN") model per bit-width, same recipe.
+
+    Example: qdnn sweep-bits cifar100 --bits 2,4,32 --launcher packed --jobs 3"""
     from .runs import parse_bits, sweep_bits as run_sweep
 
     opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
@@ -140,7 +146,9 @@ def multirun(
     launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
     nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
-    """Any grid: every combination of the swept keys' values, one run each."""
+    """Any grid: every combination of the swept keys' values, one run each.
+
+    Example: qdnn multirun cifar100 optim.lr=0.05,0.1 loss.temperature=1,2"""
     from .runs import multirun as run_multirun
 
     opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
@@ -150,7 +158,9 @@ def multirun(
 @app.command()
 @guarded
 def status(paths: List[Path] = typer.Argument(..., help="a group directory, run directories, or folders holding them")):
-    """Every run of a group: state, epoch, last validation top-1 per mode, job id."""
+    """Every run of a group: state, epoch, last validation top-1 per mode, job id.
+
+    Example: qdnn status runs/cifar100/ablate-20261128-160000"""
     from .runs import status as show_status
 
     show_status(paths)
@@ -170,7 +180,9 @@ def eval_cmd(
                                              help="re-estimate the trained modes' BN statistics too (needs --calibrate-bn N)"),
 ):
     """Evaluate a trained model in any bit modes (and a per-layer bit configuration);
-    untrained bit-widths need --calibrate-bn N."""
+    untrained bit-widths need --calibrate-bn N.
+
+    Example: qdnn eval runs/cifar100/20261128-160000 --bits 3,5 --calibrate-bn 20"""
     from .runs import evaluate
 
     evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
@@ -196,7 +208,9 @@ def search(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: beside the checkpoint)"),
 ):
-    """Per-layer weight/activation bits under a cost budget, from the trained model alone."""
+    """Per-layer weight/activation bits under a cost budget, from the trained model alone.
+
+    Example: qdnn search runs/cifar100/20261128-160000 --budget-bops 3-bit"""
     from .runs import search as run_search
 
     run_search(target, overrides or [], budget_bops, budget_size_mb, candidates, seed, calibrate_bn, search_images,
@@ -213,7 +227,9 @@ def report(
     reference: Optional[str] = typer.Option(None, "--reference", help="add experiments/<NAME>/reference.csv rows"),
     no_costs: bool = typer.Option(False, "--no-costs", help="leave out model size and BOPs rows"),
 ):
-    """One table from many runs: a row per comparable group of runs, a column per bit mode (top-1 %)."""
+    """One table from many runs: a row per comparable group of runs, a column per bit mode (top-1 %).
+
+    Example: qdnn report runs/cifar100 --out table.md --plot table.png"""
     from .report import build_report
 
     text = build_report(paths, fmt, out, plot_path, reference, not no_costs)
@@ -236,17 +252,38 @@ def reproduce(
     nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
 ):
     """The whole table: every variant of the grid (quantizable, ablations, one dedicated
-    model per bit), per seed. Finished runs are skipped and interrupted ones resumed."""
+    model per bit), per seed. Finished runs are skipped and interrupted ones resumed.
+
+    Example: qdnn reproduce cifar100 --seeds 3 --launcher parallel --jobs 4"""
     from .runs import reproduce as run_reproduce
 
     opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
     run_reproduce(experiment, overrides or [], seeds, runs_dir, report_dir, grid, opts)
 
 
+@app.command("config")
+@guarded
+def config_cmd(
+    experiment: str = typer.Argument(..., help="experiment name (qdnn list)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value"),
+):
+    """Print the composed, validated config that `qdnn train` would run, and train nothing
+    (Hydra's --cfg job).
+
+    Example: qdnn config cifar100 trainer.epochs=10 quant=lsq"""
+    from omegaconf import OmegaConf
+
+    from .config import compose
+
+    console.print(OmegaConf.to_yaml(compose(experiment, overrides or []), resolve=True), markup=False, end="")
+
+
 @app.command("list")
 @guarded
 def list_cmd():
-    """List experiments and models."""
+    """List experiments and models.
+
+    Example: qdnn list"""
     from .config import experiments
     from .models import MODELS
 

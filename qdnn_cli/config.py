@@ -60,9 +60,36 @@ def compose(experiment: str | None, overrides: list[str] | tuple = ()) -> DictCo
         if str(e).startswith("Error merging override") and cause is not None:  # a value of the wrong type
             key = str(e).split()[-1].split("=", 1)[0]
             raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from None
-        raise ConfigError(_one_line(str(e))) from None
+        message = _one_line(str(e))
+        if message.startswith("unknown override key"):
+            key = message.split("'")[1]
+            message = message.replace(f"{key!r}:", f"{key!r}{_did_you_mean(key, experiment)}:", 1)
+        raise ConfigError(message) from None
     validate(cfg)
     return cfg
+
+
+def _did_you_mean(key: str, experiment: str | None) -> str:
+    """`` (did you mean 'trainer.epochs'?)`` for a misspelt key, from the keys the
+    experiment's composed config has (nothing when none is close)."""
+    import difflib
+
+    try:
+        base = compose(experiment, ["data.root=unset"]) if experiment else None
+    except ConfigError:
+        base = None
+    if base is None:
+        return ""
+    keys = _keys(OmegaConf.to_container(base, resolve=False))
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
 
 
 def _one_line(msg: str) -> str:
@@ -73,7 +100,7 @@ def _one_line(msg: str) -> str:
 
     m = re.search(r"Could not override '([^']+)'", msg)
     if m:  # Hydra's wording for a key the config does not have
-        return f"unknown override key {m.group(1)!r}: `qdnn train EXPERIMENT` prints every key, README lists them"
+        return f"unknown override key {m.group(1)!r}: `qdnn config EXPERIMENT` prints every key"
     m = re.search(r"Could not find '([^'/]+)/([^']+)'", msg)
     if m:  # a config group option that does not exist, e.g. model=resnet1000
         group, option = m.groups()
@@ -228,7 +255,7 @@ def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | N
     elif group is not None:
         run_dir = Path(group) / (leaf or "run")
     else:
-        run_dir = Path("runs") / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+        return _new_timestamped_dir(Path("runs") / cfg.name), True
     fresh = not run_dir.exists()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
         return run_dir, False
@@ -237,6 +264,28 @@ def make_run_dir(cfg: DictConfig, group: str | Path | None = None, leaf: str | N
     except OSError as e:
         raise ConfigError(f"cannot create run directory {run_dir}: {e.strerror}") from None
     return run_dir, fresh
+
+
+def _new_timestamped_dir(base: Path) -> Path:
+    """``base/<YYYYmmdd-HHMMSS>``, or ``...-2``, ``-3``: a run started in the same second as
+    another gets its own directory (created atomically, so two processes cannot share one)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 names it; the others never write
+        return base / stamp
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run directory under {base}: {e.strerror}") from None
+    for n in range(1, 1000):
+        run_dir = base / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    raise ConfigError(f"cannot create a new run directory under {base}: 999 runs started this second")
 
 
 def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:

@@ -77,10 +77,31 @@ def _gpu_ids() -> list[str]:
 
 
 def run_parallel(experiment: str, plans: list[tuple[str, list[str]]], group: Path, jobs: int, console) -> None:
+    """N ``qdnn train`` processes at once. SIGTERM/SIGUSR1 to this process reaches every
+    child (each saves a mid-epoch checkpoint and exits 75); it waits for them, starts no
+    more, and stops with :class:`RunInterrupted` (exit 75): the same command resumes."""
+    from .engine.interrupt import RunInterrupted, StopSignals
+
+    with StopSignals() as stop:
+        _run_parallel(experiment, plans, group, jobs, console, stop)
+    if stop.requested:
+        raise RunInterrupted(f"stopped on signal {stop.requested}: the runs started saved where they were; "
+                             "run the same command again to resume")
+
+
+def _run_parallel(experiment, plans, group: Path, jobs: int, console, stop) -> None:
+    import signal
+
     gpus = _gpu_ids()
     threads = max(1, (os.cpu_count() or 1) // jobs)
     queue, running, failed, done = list(enumerate(plans)), {}, [], 0
+    forwarded = False
     while queue or running:
+        if stop.requested and not forwarded:
+            for proc in running:
+                proc.send_signal(signal.SIGTERM)
+            queue, forwarded = [], True
+            console.print(f"signal {stop.requested}: asked {len(running)} running runs to save and stop")
         while queue and len(running) < jobs:
             i, (leaf, overrides) = queue.pop(0)
             slot = next(s for s in range(jobs) if s not in {v[1] for v in running.values()})
@@ -102,9 +123,10 @@ def run_parallel(experiment: str, plans: list[tuple[str, list[str]]], group: Pat
         for proc in [p for p in running if p.poll() is not None]:
             leaf, _ = running.pop(proc)
             done += 1
-            if proc.returncode:
+            if proc.returncode not in (0, 75):  # 75: stopped on a signal, resumable
                 failed.append(leaf)
-            state = "finished" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            state = ("finished" if proc.returncode == 0 else "stopped, resumable" if proc.returncode == 75
+                     else f"failed (exit {proc.returncode})")
             console.print(f"{leaf}: {state} [{done}/{len(plans)} done]")
         time.sleep(0.2)
     if failed:
@@ -117,6 +139,13 @@ def run_packed(experiment: str, plans: list[tuple[str, list[str]]], group: Path,
                on_results=None) -> None:
     """Train ``plans`` in packs of up to ``size`` runs that can share one (same
     architecture, batch, quantizer, data shape), in plan order within each kind."""
+    from .engine.interrupt import early_signals
+
+    with early_signals():  # a SIGTERM before a pack's first step still stops it resumably
+        _run_packed(experiment, plans, group, size, console, on_results)
+
+
+def _run_packed(experiment, plans, group: Path, size: int, console, on_results) -> None:
     from .config import compose, make_run_dir
     from .engine.interrupt import RunInterrupted
     from .engine.pack import pack_key, run_pack

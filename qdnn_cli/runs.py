@@ -53,6 +53,13 @@ def train_one(experiment: str | None, overrides: list[str], quiet_config: bool =
               extend_epochs: bool = False) -> tuple[Path, dict]:
     """Compose, make the run directory, train. The config is printed once the data and
     model are built, so an input error is one line, not a config listing and a line."""
+    from .engine.interrupt import early_signals
+
+    with early_signals():  # a SIGTERM from here on stops the run resumably, however early
+        return _train_one(experiment, overrides, quiet_config, group, leaf, resume_latest, extend_epochs)
+
+
+def _train_one(experiment, overrides, quiet_config, group, leaf, resume_latest, extend_epochs) -> tuple[Path, dict]:
     from .config import compose, make_run_dir
     from .engine import run_training
 
@@ -76,11 +83,13 @@ def train_one(experiment: str | None, overrides: list[str], quiet_config: bool =
 def parse_bits(text: str) -> list:
     from .quant import parse_mode
 
-    try:
-        bits = [parse_mode(b) for b in text.replace(" ", "").split(",") if b]
-    except ValueError:
-        raise ValueError(f"--bits {text!r}: give a comma-separated list of bit modes, each 1-8, 32 "
-                         "or wXaY (e.g. w2a4)") from None
+    bits = []
+    for b in (b for b in text.replace(" ", "").split(",") if b):
+        try:
+            bits.append(parse_mode(b))
+        except ValueError:
+            raise ValueError(f"--bits {text!r}: {b!r} is not a bit mode; give a comma-separated list of bit "
+                             "modes, each 1-8, 32 or wXaY (e.g. w2a4)") from None
     if not bits:
         raise ValueError("--bits is empty")
     return bits

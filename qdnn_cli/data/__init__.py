@@ -123,6 +123,10 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
             else "not held out: the run trained on the whole training split, so the slice is part of it")
     if len(pool) == 0:
         raise DataError("no training-split images are left to search on")
+    asked = n_images
+    if n_rerank > 0 and n_images + n_rerank > len(pool):  # a small data set: share what there is
+        n_images = max(1, len(pool) * n_images // (n_images + n_rerank))
+        n_rerank = max(1, len(pool) - n_images)
     take = stratified_subset(labels[pool], min(1.0, n_images / len(pool)), seed + 1)
     idx = pool[take]
     aug = Augment(int(d.get("crop_padding", 0)), bool(d.get("flip", False)))
@@ -132,7 +136,7 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
     def batches(i):
         return TensorBatches(src.train.images[i], labels[i], eval_batch_size, src.mean, src.std, device, shuffle=False)
 
-    rerank, described = None, f"{len(idx)} images, {what}"
+    rerank, described = None, f"{len(idx)} images{'' if len(idx) >= asked else f' (of {asked} asked)'}, {what}"
     if n_rerank > 0:
         left = torch.ones(len(labels), dtype=torch.bool)
         left[trained] = fraction == 1  # the whole split trained on: any image not in the first slice

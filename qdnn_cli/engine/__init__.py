@@ -70,7 +70,14 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
     unexpected error's traceback in ``error.log``."""
     from ..config import save_config
 
-    trainer = Trainer(cfg, run_dir, console=console, resume=resume)
+    try:
+        trainer = Trainer(cfg, run_dir, console=console, resume=resume)
+    except Exception as e:  # e.g. trainer.device=cuda on a machine without one: leave no empty folder
+        from ..errors import is_input_error
+
+        if fresh and is_input_error(e) and Path(run_dir).is_dir() and not any(Path(run_dir).iterdir()):
+            Path(run_dir).rmdir()
+        raise
     lock, error = None, None
     try:
         if trainer.dist.is_main:  # only rank 0 owns the run directory

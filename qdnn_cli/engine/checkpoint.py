@@ -47,8 +47,12 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    import warnings
+
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: the refusal below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Unsupported global" in msg or "weights_only" in msg.lower():

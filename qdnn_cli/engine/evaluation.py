@@ -197,6 +197,8 @@ def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides:
     (one set of statistics per mode for a shared-BN model, or trained against re-estimated
     BN). ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config
     and are validated as ``qdnn train`` validates its own."""
+    if calibrate < 0:
+        raise ValueError(f"--calibrate-bn {calibrate}: give a number of training batches >= 0 (0: no re-estimation)")
     bits = [parse_mode(b) for b in bits] if bits else None
     run = load_checkpoint_model(ckpt_path, set(bits or []), overrides, device_name, config)
     model, cfg, trained = run.model, run.cfg, run.trained

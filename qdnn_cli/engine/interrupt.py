@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -25,6 +26,29 @@ RESUMABLE_EXIT = 75  # EX_TEMPFAIL: stopped on request, resumable
 
 class RunInterrupted(Exception):
     """The run stopped on a signal after writing a mid-epoch checkpoint."""
+
+
+_early: dict = {"signal": None}  # a stop signal that came before any StopSignals was entered
+
+
+@contextlib.contextmanager
+def early_signals():
+    """Within it, SIGTERM/SIGUSR1 only set a flag that the next :class:`StopSignals` takes
+    over: a signal during the seconds of composing, loading data and building the model
+    stops the run at its start, with status.json and exit 75, instead of killing the
+    process with nothing written. The previous handlers come back on exit. Main thread only."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: _early.update(signal=signum)) for s in StopSignals.SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _early["signal"] = None
 
 
 class StopSignals:
@@ -42,6 +66,8 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+        if _early["signal"] is not None:
+            self.requested, _early["signal"] = _early["signal"], None
         return self
 
     def _handle(self, signum, frame):

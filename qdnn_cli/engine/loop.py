@@ -217,9 +217,17 @@ class Trainer:
 
     def fit(self, on_ready=None) -> dict:
         """Train to ``trainer.epochs``; the caller holds the run directory's lock."""
-        self.prepare(on_ready)
+        with self.stop:  # a signal while building stops before the first step (status.json, exit 75)
+            self.prepare(on_ready)
+            if self.stop.requested:
+                self.files.status("stopped", self.start_epoch, f"stopped on signal {self.stop.requested} before training")
+                raise RunInterrupted(f"stopped on signal {self.stop.requested} before the first step of epoch "
+                                     f"{self.start_epoch + 1}; run the same command again to start")
+            return self._train()
+
+    def _train(self) -> dict:
         t = self.cfg.trainer
-        with self.stop, make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
+        with make_progress(self.console, bool(t.get("progress", True)) and self.dist.is_main) as progress:
             for epoch in range(self.start_epoch, self.end):
                 self.close_epoch(epoch, *self.train_epoch(epoch, progress))
         return self.finish()

@@ -106,11 +106,20 @@ class PackedTrainer:
                 raise PackError(f"{name} trains on {t.device}, {self.names[0]} on {first.device}")
 
     def fit(self) -> list[dict]:
-        self.prepare()
+        with self.stop:
+            self.prepare()
+            if self.stop.requested:
+                for t in self.members:
+                    t.files.status("stopped", t.start_epoch, f"stopped on signal {self.stop.requested} before training")
+                raise RunInterrupted(f"stopped on signal {self.stop.requested} before the pack's first step; "
+                                     "run the same command again to start")
+            return self._train()
+
+    def _train(self) -> list[dict]:
         first = self.members[0]
         epochs = range(min(t.start_epoch for t in self.members), max(t.end for t in self.members))
         show = bool(first.cfg.trainer.get("progress", True))
-        with self.stop, make_progress(self.console, show) as progress:
+        with make_progress(self.console, show) as progress:
             for epoch in epochs:
                 active = [t for t in self.members if t.start_epoch <= epoch < t.end]
                 if active:

@@ -21,7 +21,7 @@ import yaml
 from ..quant import label_mode, parse_mode
 
 # keys that do not change what a run measures
-NON_VARIANT = ("name", "seed", "out_dir", "data.root", "data.download", "data.workers", "trainer.device",
+NON_VARIANT = ("name", "seed", "out_dir", "logger", "data.root", "data.download", "data.workers", "trainer.device",
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
                "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope", "trainer.mode_batch",
                "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind")
@@ -82,11 +82,62 @@ def experiment_defaults(name: str, data_name: str | None = None) -> dict | None:
         return flatten(OmegaConf.to_container(cfg, resolve=False))
 
 
+class DamagedRun(ValueError):
+    """A run directory whose files cannot be read (truncated config, cut CSV)."""
+
+
+def _process_gone(path: Path) -> bool:
+    """True when no process holds the run directory's lock: a run whose status still
+    says "running" was killed (kill -9, a lost node) without a word."""
+    import fcntl
+    import os
+
+    from ..engine.checkpoint import RunLock
+
+    lock = path / ".lock"
+    if not lock.is_file() or str(lock.resolve()) in RunLock._held:  # ours: running in this process
+        return not lock.is_file()
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live process
+        return False
+    finally:
+        os.close(fd)  # (this also drops the probe's own lock)
+    return True
+
+
 def read_run(path: Path) -> RunRecord | None:
+    """The run in ``path`` (None if it holds no config.yaml); a :class:`DamagedRun` names
+    the file that cannot be read."""
     cfg_path = path / "config.yaml"
     if not cfg_path.is_file():
         return None
+    try:
+        return _read_run(path, cfg_path)
+    except DamagedRun:
+        raise
+    except (yaml.YAMLError, KeyError, ValueError, TypeError, AttributeError) as e:  # the config's keys or YAML
+        detail = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
+        raise DamagedRun(f"{cfg_path}: cannot be read ({type(e).__name__}{': ' + detail if detail else ''})") from None
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            if None in r or None in r.values():  # a cut line: fewer or more fields than the header
+                raise ValueError("a line has the wrong number of fields")
+        return rows
+    except (ValueError, csv.Error) as e:
+        raise DamagedRun(f"{path}: cannot be read ({e})") from None
+
+
+def _read_run(path: Path, cfg_path: Path) -> RunRecord:
     cfg = yaml.safe_load(cfg_path.read_text())
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("trainer"), dict) or "quant" not in cfg:
+        raise DamagedRun(f"{cfg_path}: cannot be read (not a whole qdnn run config)")
     status = {}
     if (path / "status.json").is_file():
         try:
@@ -94,15 +145,21 @@ def read_run(path: Path) -> RunRecord | None:
         except json.JSONDecodeError:
             status = {}
     state = status.get("state", "unknown")
+    if state == "running" and _process_gone(path):
+        state = "interrupted"  # killed without a word: resumable from its last checkpoint
     top1: dict = {}
     epoch = int(status.get("epoch", 0))
     results = path / "results.csv"
     if state == "finished" and results.is_file():
-        with open(results, newline="") as f:
-            top1 = {parse_mode(r["mode"]): float(r["top1"]) for r in csv.DictReader(f)}
+        try:
+            top1 = {parse_mode(r["mode"]): float(r["top1"]) for r in _csv_rows(results)}
+        except (KeyError, ValueError) as e:
+            raise DamagedRun(f"{results}: cannot be read ({type(e).__name__}: {e})") from None
     elif (path / "metrics.csv").is_file():  # incomplete: last evaluated epoch
-        with open(path / "metrics.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
+        try:
+            rows = [r for r in _csv_rows(path / "metrics.csv") if r["split"] == "val"]
+        except KeyError as e:
+            raise DamagedRun(f"{path / 'metrics.csv'}: cannot be read (no column {e})") from None
         if rows:
             epoch = max(int(r["epoch"]) for r in rows)
             top1 = {parse_mode(r["mode"]): float(r["top1"]) for r in rows if int(r["epoch"]) == epoch}
@@ -112,9 +169,28 @@ def read_run(path: Path) -> RunRecord | None:
                      list(cfg["quant"]["bits"]), state, epoch, int(cfg["trainer"]["epochs"]), top1, cfg)
 
 
-def find_runs(paths) -> list[RunRecord]:
-    """Every run directory (a folder with config.yaml) at or under the given paths."""
-    seen, runs = set(), []
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _identity(path: Path) -> bytes:
+    """What makes two run directories one run: the same config and the same metrics."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("config.yaml", "metrics.csv"):
+        f = path / name
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    return h.digest()
+
+
+def find_runs(paths, warn=_warn) -> list[RunRecord]:
+    """Every run directory (a folder with config.yaml) at or under the given paths. A
+    damaged one, or a copy of a run already found (same config and metrics), is skipped
+    with one ``warn`` line naming it."""
+    seen, identities, runs = set(), {}, []
     for p in paths:
         p = Path(p)
         if not p.exists():
@@ -125,8 +201,17 @@ def find_runs(paths) -> list[RunRecord]:
             if c in seen:
                 continue
             seen.add(c)
-            rec = read_run(c)
+            identity = _identity(c)
+            if identity in identities:
+                warn(f"skipped {c}: the same run as {identities[identity]} (identical config.yaml and metrics.csv)")
+                continue
+            try:
+                rec = read_run(c)
+            except DamagedRun as e:
+                warn(f"skipped a damaged run: {e}")
+                continue
             if rec is not None:
+                identities[identity] = c
                 runs.append(rec)
     return runs
 

@@ -1,7 +1,7 @@
 """One table from the collected runs: a row per variant × budget, a column per bit mode.
 
-Finished runs of one variant and budget are averaged over seeds (mean ± std; "seeds"
-counts them). Runs that differ in anything that defines a variant or in budget are
+Finished runs of one variant and budget are averaged over seeds (mean ± std, the std
+only from two seeds on; "seeds" counts them; runs of one seed are averaged first). Runs that differ in anything that defines a variant or in budget are
 never averaged together. Incomplete runs get rows of their own, marked with state and
 epoch, and never enter a mean. Optional rows: "quantizable − dedicated" per budget,
 literature references, and the model's size (MB) and BOPs per mode.
@@ -43,9 +43,12 @@ def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
     rows = []
     done = long[long["finished"]]
     for (variant, budget), g in done.groupby(["variant", "budget"], sort=False):
-        stats = g.groupby("mode", sort=False)["top1"].agg(["mean", "std"])  # ints and wXaY: no sort
-        rows.append(_row(variant, budget, g["seed"].nunique(), True, "result", stats["mean"].to_dict(),
-                         stats["std"].dropna().to_dict()))
+        # a seed run more than once counts once (its runs averaged): the spread is over seeds
+        per_seed = g.groupby(["seed", "mode"], sort=False)["top1"].mean().reset_index()
+        stats = per_seed.groupby("mode", sort=False)["top1"].agg(["mean", "std"])  # ints and wXaY: no sort
+        seeds = per_seed["seed"].nunique()
+        rows.append(_row(variant, budget, seeds, True, "result", stats["mean"].to_dict(),
+                         stats["std"].dropna().to_dict() if seeds > 1 else {}))
     for (path, variant, budget), g in long[~long["finished"]].groupby(["path", "variant", "budget"], sort=False):
         first = g.iloc[0]
         label = f"{variant} [{first.state}: epoch {first.epoch}/{first.epochs}, seed {first.seed}, {first.run}]"
