@@ -284,7 +284,7 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
     ``eval-<ckpt>-<time>.csv`` beside it."""
     from rich.table import Table
 
-    from .engine.evaluation import evaluate_checkpoint
+    from .loaded_run import evaluate_checkpoint
     from .engine.rundir import write_csv
     from .quant import BitConfig, mode_label
 

@@ -484,7 +484,8 @@ def run_search(ckpt: Path, kind: str, budget_text: str, candidates: int, seed: i
     on a second one), write files, then evaluate the best configuration and the uniform
     modes on the validation split."""
     from .data import build_data, build_holdout
-    from .engine.evaluation import bn_state, calibrate_bn, load_bn_state, load_checkpoint_model, run_costs
+    from .engine.evaluation import bn_state, calibrate_bn, load_bn_state
+    from .loaded_run import load_checkpoint_model, run_costs
 
     if kind not in BUDGET_KINDS:
         raise ValueError(f"budget kind {kind!r}: choose bops or size_mb")

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data import build_holdout  # noqa: E402
-from qdnn_cli.engine.evaluation import bn_state, load_bn_state, load_checkpoint_model  # noqa: E402
-from qdnn_cli.quant import BitConfig, BitSpecificBN, LayerBits  # noqa: E402
-from qdnn_cli.quant.mixed import apply_bits, quantized_layers  # noqa: E402
-from qdnn_cli.search import reference_logprobs  # noqa: E402
+from qdnn_cli.data import build_holdout
+from qdnn_cli.engine.evaluation import bn_state, load_bn_state
+from qdnn_cli.loaded_run import load_checkpoint_model
+from qdnn_cli.quant import BitConfig, BitSpecificBN, LayerBits
+from qdnn_cli.quant.mixed import apply_bits, quantized_layers
+from qdnn_cli.search import reference_logprobs
 
 
 def select(model, config: BitConfig, bn_mode) -> None:

@@ -34,8 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data.sources import (IMAGE_SUFFIXES, decode_cached, list_classes, list_files,  # noqa: E402
+from qdnn_cli.data.sources import (IMAGE_SUFFIXES, decode_cached, list_classes, list_files,
                                    stratified_subset)
 
 MANIFEST, STATS, PLACEHOLDER = "train_files.txt", "stats.json", ".placeholder.png"

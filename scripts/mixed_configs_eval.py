@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data import build_data  # noqa: E402
-from qdnn_cli.engine.evaluation import (bn_state, calibrate_bn, evaluate, load_bn_state,  # noqa: E402
-                                        load_checkpoint_model, run_costs)
-from qdnn_cli.engine.step import random_config  # noqa: E402
-from qdnn_cli.quant import FULL_PRECISION, quantized_layers  # noqa: E402
+from qdnn_cli.data import build_data
+from qdnn_cli.engine.evaluation import bn_state, calibrate_bn, evaluate, load_bn_state
+from qdnn_cli.loaded_run import load_checkpoint_model, run_costs
+from qdnn_cli.engine.step import random_config
+from qdnn_cli.quant import FULL_PRECISION, quantized_layers
 
 
 def main() -> None:

@@ -14,17 +14,16 @@ cross-entropy per mode, no update.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qdnn_cli.data import build_data  # noqa: E402
-from qdnn_cli.engine.evaluation import load_checkpoint_model, quant_spec  # noqa: E402
-from qdnn_cli.models import build_model  # noqa: E402
-from qdnn_cli.quant import quantized_layers, set_bit_mode, sort_modes  # noqa: E402
+from qdnn_cli.data import build_data
+from qdnn_cli.loaded_run import load_checkpoint_model
+from qdnn_cli.quant import QuantSpec
+from qdnn_cli.models import build_model
+from qdnn_cli.quant import quantized_layers, set_bit_mode, sort_modes
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     run = load_checkpoint_model(a.checkpoint, set(), a.overrides, "cpu")
     cfg, model, modes = run.cfg, run.model, sort_modes(run.trained, descending=True)
     if a.fresh:
-        model = build_model(run.checkpoint["model_name"], quant_spec(cfg), int(run.checkpoint["num_classes"]),
+        model = build_model(run.checkpoint["model_name"], QuantSpec.from_config(cfg.quant), int(run.checkpoint["num_classes"]),
                             int(run.checkpoint["in_channels"]), **dict(cfg.model.get("kwargs") or {}))
     model.train()
     data = build_data(cfg.data, int(cfg.trainer.batch_size), 256, torch.device("cpu"), int(cfg.seed))

@@ -107,7 +107,7 @@ def test_report_markdown_cells_mean_std_difference_and_incomplete(fixture_runs):
     # three dedicated runs of one seed: one row, one seed
     assert rows["dedicated"][1:] == ["3 ep", "1", "71.00", "67.00", "58.00"]
     assert rows["quantizable − dedicated"][3:] == ["+0.00", "+2.00", "+3.00"]
-    incomplete = [k for k in rows if "running: epoch 1/3" in k]
+    incomplete = [k for k in rows if "interrupted: epoch 1/3" in k]  # "running", but no process holds it
     assert len(incomplete) == 1 and rows[incomplete[0]][3:] == ["10.00", "9.00", "5.00"]
 
 
@@ -155,7 +155,7 @@ def test_report_csv_parses_back_and_markdown_file(fixture_runs, tmp_path):
     assert float(rows["quantizable"]["FP"]) == 71.0 and float(rows["quantizable"]["FP_std"]) == pytest.approx(1.4142, abs=1e-4)
     assert float(rows["quantizable − dedicated"]["2-bit"]) == 3.0
     assert rows["quantizable"]["finished"] == "True"
-    assert any(k.startswith("quantizable [running") and v["finished"] == "False" for k, v in rows.items())
+    assert any(k.startswith("quantizable [interrupted") and v["finished"] == "False" for k, v in rows.items())
     # cost rows: BOPs shrink with bits, size too
     assert float(rows["BOPs (G)"]["2-bit"]) < float(rows["BOPs (G)"]["4-bit"]) < float(rows["BOPs (G)"]["FP"])
     assert float(rows["model size (MB)"]["2-bit"]) < float(rows["model size (MB)"]["FP"])

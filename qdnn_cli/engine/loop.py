@@ -18,14 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..data import TensorBatches, build_data
 from ..models import build_model, load_torchvision_weights
-from ..quant import load_quantizable_state_dict, quantizable_state_dict, sort_modes
+from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict, sort_modes
 from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
 from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
 from .device import keep_freed_cpu_memory, peak_memory_mb, resolve_device
 from .distributed import DistContext
-from .evaluation import evaluate, quant_spec
+from .evaluation import evaluate
 from .interrupt import KILL_AT_ENV, RunInterrupted, StopSignals, epoch_position, fault_hooks, restore_position  # noqa: F401
 from .loggers import build_loggers
 from .losses import QuantizableLoss
@@ -126,7 +126,7 @@ class Trainer:
 
     def _build_model(self) -> torch.nn.Module:
         cfg, d = self.cfg, self.data
-        self.spec = quant_spec(cfg)
+        self.spec = QuantSpec.from_config(cfg.quant)
         model = build_model(cfg.model.name, self.spec, d.num_classes, d.in_channels, **dict(cfg.model.get("kwargs") or {}))
         min_size = int(cfg.model.get("min_image_size", 1))
         if d.image_size < min_size:

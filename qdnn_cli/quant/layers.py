@@ -73,6 +73,16 @@ class QuantSpec:
                 raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(registry)}")
         object.__setattr__(self, "modes", tuple(sort_modes(modes)))
 
+    @classmethod
+    def from_config(cls, quant, modes: tuple | None = None, bit_specific_bn: bool | None = None) -> "QuantSpec":
+        """The spec of a run's ``quant`` config group (its own ``bits`` unless ``modes`` is
+        given). The one place a config becomes a spec; a saved run's missing keys were
+        completed with their schema defaults before it gets here."""
+        return cls(tuple(parse_mode(b) for b in (modes or quant.bits)), quant.weight, quant.act,
+                   bool(quant.bit_specific_bn if bit_specific_bn is None else bit_specific_bn),
+                   bool(quant.quantize_first_last), bool(quant.quantize_shortcut),
+                   quant.get("weight_scale", "none"), bool(quant.get("weight_max_grad", False)))
+
     @property
     def weight_bits(self) -> tuple[int, ...]:
         return tuple(weight_bits(self.modes))
