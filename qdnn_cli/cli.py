@@ -1,5 +1,5 @@
 """The ``qdnn`` command line: one function per command; flags become overrides or arguments
-of :mod:`qdnn_cli.runs`, which does the work.
+of :mod:`qdnn_cli.commands`, which does the work.
 
 Errors the user can fix (config, data, checkpoints, bit modes) print one line and exit 2;
 anything else is a short line and exit 1, its traceback in the run directory's
@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from .runs import console, err_console
+from .commands import console, err_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantizable DNNs: train one network for many bit-widths, ablate, sweep, evaluate, report.")
@@ -61,24 +61,48 @@ def guarded(fn):
     return wrapper
 
 
-# the launcher flags every command that runs a group of runs takes
-LAUNCHER = typer.Option("local", "--launcher", help="local (one after another), parallel (--jobs processes at once), "
-                        "packed (--jobs runs as one computation in this process) or slurm (submitit)")
-JOBS = typer.Option(2, "--jobs", help="parallel: runs at once (sharing the GPUs round-robin, or the CPU cores); "
-                    "packed: runs per pack")
-PARTITION = typer.Option(None, "--partition", help="slurm: partition")
-GPUS_PER_NODE = typer.Option(0, "--gpus-per-node", help="slurm: GPUs (one task each) per node")
-NODES = typer.Option(1, "--nodes", help="slurm: nodes per run")
-TIMEOUT_MIN = typer.Option(24 * 60, "--timeout-min", help="slurm: time limit per job (requeued and resumed past it)")
-SLURM = typer.Option(None, "--slurm", help="slurm: extra key=value passed to submitit as slurm_<key> (repeatable)")
+# the launcher flags, defined once: every command that runs a group of runs takes them
+# (``@with_launcher``) and receives them as one LaunchOptions, ``launcher``
+LAUNCHER_FLAGS = [
+    ("launcher_name", str, typer.Option("local", "--launcher", help="local (one after another), parallel (--jobs "
+                                        "processes at once), packed (--jobs runs as one computation in this process) "
+                                        "or slurm (submitit)")),
+    ("jobs", int, typer.Option(2, "--jobs", help="parallel: runs at once (sharing the GPUs round-robin, or the CPU "
+                                                 "cores); packed: runs per pack")),
+    ("partition", Optional[str], typer.Option(None, "--partition", help="slurm: partition")),
+    ("gpus_per_node", int, typer.Option(0, "--gpus-per-node", help="slurm: GPUs (one task each) per node")),
+    ("nodes", int, typer.Option(1, "--nodes", help="slurm: nodes per run")),
+    ("timeout_min", int, typer.Option(24 * 60, "--timeout-min", help="slurm: time limit per job (requeued and "
+                                                                     "resumed past it)")),
+    ("slurm", Optional[List[str]], typer.Option(None, "--slurm", help="slurm: extra key=value passed to submitit as "
+                                                                       "slurm_<key> (repeatable)")),
+]
 
 
-def _launcher(name, jobs, partition, gpus_per_node, nodes, timeout_min, slurm):
-    from .launch import LaunchOptions, parse_slurm_options
+def with_launcher(command):
+    """Give ``command`` the launcher flags; it receives them as ``launcher`` (a
+    LaunchOptions, checked). Typer reads the signature this sets."""
+    import inspect
 
-    opts = LaunchOptions(name, jobs, partition, gpus_per_node, nodes, timeout_min, parse_slurm_options(slurm or []))
-    opts.check()
-    return opts
+    signature = inspect.signature(command)
+    kept = [p for p in signature.parameters.values() if p.name != "launcher"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, kind, option in LAUNCHER_FLAGS]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .launch import LaunchOptions, parse_slurm_options
+
+        flags = {name: kwargs.pop(name) for name, _, _ in LAUNCHER_FLAGS}
+        opts = LaunchOptions(flags["launcher_name"], flags["jobs"], flags["partition"], flags["gpus_per_node"],
+                             flags["nodes"], flags["timeout_min"], parse_slurm_options(flags["slurm"] or []))
+        opts.check()
+        return command(*args, launcher=opts, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=kept + added)
+    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "launcher"}
+    wrapper.__annotations__.update({name: kind for name, kind, _ in LAUNCHER_FLAGS})
+    return wrapper
 
 
 @app.command()
@@ -93,66 +117,63 @@ def train(
     """Train one model (quantizable by default) and write its run directory.
 
     Example: qdnn train cifar100 trainer.epochs=10 'quant.bits=[2,4,32]'"""
-    from .runs import train_one
+    from .commands import train_one
 
     train_one(experiment, overrides or [], resume_latest=resume, extend_epochs=extend_epochs)
 
 
 @app.command()
 @guarded
+@with_launcher
 def ablate(
     experiment: str = typer.Argument("cifar100", help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value"),
     no_consistency: bool = typer.Option(False, "--no-consistency", help="train without the consistency loss"),
     no_bit_specific_bn: bool = typer.Option(False, "--no-bit-specific-bn", help="train with one shared BN"),
     grid: str = typer.Option("ablation", "--grid", help="variants: conf/grid/NAME.yaml or a YAML file"),
-    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
-    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
+    launcher=None,
 ):
     """Ablations: with a flag, that variant; with none, every variant of the grid
     (full, no consistency, shared BN, both off).
 
     Example: qdnn ablate cifar100 --no-consistency trainer.epochs=30"""
-    from .runs import ablate as run_ablation
+    from .commands import run_ablation
 
-    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
     flags = [k for k, on in (("no_consistency", no_consistency), ("shared_bn", no_bit_specific_bn)) if on]
-    run_ablation(experiment, overrides or [], "_".join(flags) or None, grid, opts)
+    run_ablation(experiment, overrides or [], "_".join(flags) or None, grid, launcher)
 
 
 @app.command("sweep-bits")
 @guarded
+@with_launcher
 def sweep_bits(
     experiment: str = typer.Argument("cifar100", help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value"),
     bits: str = typer.Option("2,3,4,8,32", "--bits", help="bit modes (1-8, 32, or wXaY such as w2a4), one dedicated model each"),
-    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
-    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
+    launcher=None,
 ):
     """One dedicated ("quantized DNN") model per bit-width, same recipe.
 
     Example: qdnn sweep-bits cifar100 --bits 2,4,32 --launcher packed --jobs 3"""
-    from .runs import parse_bits, sweep_bits as run_sweep
+    from .commands import parse_bits, run_bit_sweep
 
-    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
-    run_sweep(experiment, overrides or [], parse_bits(bits), opts)
+    run_bit_sweep(experiment, overrides or [], parse_bits(bits), launcher)
 
 
 @app.command()
 @guarded
+@with_launcher
 def multirun(
     experiment: str = typer.Argument(..., help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="overrides; key=v1,v2 sweeps (Hydra's multirun syntax)"),
-    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
-    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
+    launcher=None,
 ):
     """Any grid: every combination of the swept keys' values, one run each.
 
     Example: qdnn multirun cifar100 optim.lr=0.05,0.1 loss.temperature=1,2"""
-    from .runs import multirun as run_multirun
+    from .commands import run_multirun
 
-    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
-    run_multirun(experiment, overrides or [], opts)
+    run_multirun(experiment, overrides or [], launcher)
 
 
 @app.command()
@@ -161,7 +182,7 @@ def status(paths: List[Path] = typer.Argument(..., help="a group directory, run 
     """Every run of a group: state, epoch, last validation top-1 per mode, job id.
 
     Example: qdnn status runs/cifar100/ablate-20261128-160000"""
-    from .runs import status as show_status
+    from .commands import show_status
 
     show_status(paths)
 
@@ -183,9 +204,9 @@ def eval_cmd(
     untrained bit-widths need --calibrate-bn N.
 
     Example: qdnn eval runs/cifar100/20261128-160000 --bits 3,5 --calibrate-bn 20"""
-    from .runs import evaluate
+    from .commands import evaluate_run
 
-    evaluate(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
+    evaluate_run(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
 
 
 @app.command()
@@ -211,7 +232,7 @@ def search(
     """Per-layer weight/activation bits under a cost budget, from the trained model alone.
 
     Example: qdnn search runs/cifar100/20261128-160000 --budget-bops 3-bit"""
-    from .runs import search as run_search
+    from .commands import run_search
 
     run_search(target, overrides or [], budget_bops, budget_size_mb, candidates, seed, calibrate_bn, search_images,
                device, out, rerank, strategy, metric)
@@ -241,6 +262,7 @@ def report(
 
 @app.command()
 @guarded
+@with_launcher
 def reproduce(
     experiment: str = typer.Argument(..., help="experiment name"),
     overrides: Optional[List[str]] = typer.Argument(None, help="overrides for every run, e.g. trainer.epochs=5"),
@@ -248,17 +270,15 @@ def reproduce(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where runs go (default runs/<name>/reproduce)"),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="where the report goes (default experiments/<name>)"),
     grid: str = typer.Option("reproduce", "--grid", help="variants: conf/grid/NAME.yaml or a YAML file"),
-    launcher: str = LAUNCHER, jobs: int = JOBS, partition: Optional[str] = PARTITION, gpus_per_node: int = GPUS_PER_NODE,
-    nodes: int = NODES, timeout_min: int = TIMEOUT_MIN, slurm: Optional[List[str]] = SLURM,
+    launcher=None,
 ):
     """The whole table: every variant of the grid (quantizable, ablations, one dedicated
     model per bit), per seed. Finished runs are skipped and interrupted ones resumed.
 
     Example: qdnn reproduce cifar100 --seeds 3 --launcher parallel --jobs 4"""
-    from .runs import reproduce as run_reproduce
+    from .commands import run_reproduction
 
-    opts = _launcher(launcher, jobs, partition, gpus_per_node, nodes, timeout_min, slurm)
-    run_reproduce(experiment, overrides or [], seeds, runs_dir, report_dir, grid, opts)
+    run_reproduction(experiment, overrides or [], seeds, runs_dir, report_dir, grid, launcher)
 
 
 @app.command("config")

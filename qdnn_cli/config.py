@@ -12,11 +12,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import InputError
 from .quant.modes import BitModeError, parse_mode
-from .schema import register as register_schemas
+from .schema import register as register_schemas, with_legacy_defaults
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A wrong experiment name, override key or value."""
 
 
@@ -215,23 +216,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(_one_line(str(e))) from None
 
 
-def with_schema_defaults(saved) -> DictConfig:
-    """A saved run config completed with the schema's defaults for keys added after it was
-    saved. A new key's schema default is the behaviour older runs had (``quant.weight_scale``
-    none, ``loss.top_weight`` 1); today's defaults live in conf/ and may differ."""
-    from .schema import Config
-
-    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
-    saved = saved if isinstance(saved, dict) else OmegaConf.to_container(saved, resolve=True)
-    return OmegaConf.merge(OmegaConf.create(defaults), saved)
-
-
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """``key=value`` overrides onto a saved run config (``qdnn eval``): only keys the run
     has, values parsed as YAML, then the same validation as ``qdnn train``."""
     import yaml
 
-    cfg = with_schema_defaults(cfg)  # a run saved by an older qdnn lacks keys added since
+    cfg = with_legacy_defaults(cfg)  # a run saved by an older qdnn lacks keys added since
     OmegaConf.set_struct(cfg, True)
     for o in overrides:
         if "=" not in o:
@@ -286,15 +276,6 @@ def _new_timestamped_dir(base: Path) -> Path:
         except OSError as e:
             raise ConfigError(f"cannot create run directory {run_dir}: {e.strerror}") from None
     raise ConfigError(f"cannot create a new run directory under {base}: 999 runs started this second")
-
-
-def save_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
-    """``config.yaml`` (resolved) and ``overrides.yaml``, written atomically."""
-    for name, text in (("config.yaml", OmegaConf.to_yaml(cfg, resolve=True)),
-                       ("overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

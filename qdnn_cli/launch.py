@@ -178,12 +178,14 @@ def _run_packed(experiment, plans, group: Path, size: int, console, on_results) 
 
 # ----------------------------------------------------------------------------- submitit
 class TrainJob:
-    """What one SLURM job runs: ``qdnn train`` of one run directory. Follows submitit's
-    checkpointing protocol: on a time-limit signal it asks to be requeued as itself, and
-    the requeued job resumes from the run directory's checkpoint."""
+    """What one SLURM job runs: ``train(experiment, overrides)`` for one run directory
+    (the command layer passes its ``train_one``; launchers sit below the commands and
+    import none of them). Follows submitit's checkpointing protocol: on a time-limit
+    signal it asks to be requeued as itself, and the requeued job resumes from the run
+    directory's checkpoint. ``train`` is pickled by reference: a module-level function."""
 
-    def __init__(self, experiment: str, overrides: list[str], distributed: bool = False):
-        self.experiment, self.overrides, self.distributed = experiment, list(overrides), distributed
+    def __init__(self, experiment: str, overrides: list[str], train, distributed: bool = False):
+        self.experiment, self.overrides, self.train, self.distributed = experiment, list(overrides), train, distributed
 
     def __call__(self) -> dict:
         if self.distributed:  # torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's
@@ -191,15 +193,14 @@ class TrainJob:
 
             # every task sees all the node's GPUs and picks LOCAL_RANK's, as under torchrun
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from .runs import train_one
-
-        _, results = train_one(self.experiment, self.overrides, quiet_config=True)
+        _, results = self.train(self.experiment, self.overrides, quiet_config=True)
         return {m: r["top1"] for m, r in (results or {}).items()}
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainJob(self.experiment, self.overrides, self.distributed))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.experiment, self.overrides, self.train,
+                                                           self.distributed))
 
 
 def make_executor(folder: Path, opts: LaunchOptions):
@@ -223,12 +224,12 @@ def make_executor(folder: Path, opts: LaunchOptions):
 
 
 def run_submitit(experiment: str, plans: list[tuple[str, list[str]]], group: Path, opts: LaunchOptions,
-                 console, wait: bool = True) -> list:
+                 console, train, wait: bool = True) -> list:
     executor = make_executor(group / ".submitit", opts)
     distributed = opts.nodes * max(1, opts.gpus_per_node) > 1
     jobs = []
     for leaf, overrides in plans:
-        job = executor.submit(TrainJob(experiment, overrides, distributed))
+        job = executor.submit(TrainJob(experiment, overrides, train, distributed))
         (group / leaf).mkdir(parents=True, exist_ok=True)
         (group / leaf / "job.json").write_text(json.dumps({"job_id": str(job.job_id), "launcher": executor.cluster}))
         console.print(f"{leaf}: submitted as job {job.job_id} ({executor.cluster})")

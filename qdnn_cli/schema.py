@@ -1,5 +1,11 @@
 """Typed configs: one dataclass per config group, registered in Hydra's ConfigStore.
 
+Two sets of defaults, on purpose: these dataclasses' defaults are the *legacy* ones — a
+key added after runs were saved defaults here to the behaviour those runs had
+(``quant.weight_scale`` none, ``loss.top_weight`` 1), so a saved run resumes and is
+compared as it trained (:func:`with_legacy_defaults`); today's defaults for new runs are
+in ``conf/`` (``conf/quant/dorefa.yaml`` sets mean_abs, ``conf/loss`` sets 4).
+
 Each YAML under ``conf/`` fills one of these schemas (``conf/config.yaml`` starts from
 ``base_config``; every ``conf/data/*.yaml`` from its family's ``base_*``), so a misspelt
 key or a value of the wrong type is refused while composing. Which *names* are allowed
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -167,6 +173,14 @@ class Config:
 
 DATA_SCHEMAS = {"base_cifar": CifarData, "base_digits": DigitsData, "base_synthetic": SyntheticData,
                 "base_folder": FolderData}
+
+
+def with_legacy_defaults(saved) -> DictConfig:
+    """A saved run's config completed with the legacy defaults (these dataclasses') for
+    keys added after it was saved: the behaviour it trained with."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    saved = saved if isinstance(saved, dict) else OmegaConf.to_container(saved, resolve=True)
+    return OmegaConf.merge(OmegaConf.create(defaults), saved)
 
 
 def register() -> None:

@@ -49,7 +49,7 @@ if [ "$STAGE" = bench ]; then
     stamp "CUDA tests exit $? ($(tail -1 "$OUT/cuda_tests.log"))"
     timeout $(( LIMIT_S - $(date +%s) + t0 )) $PY -c "
 import json, sys
-from qdnn_cli.bench_pack import run
+from qdnn_cli.bench.batching import run
 sizes = tuple(int(n) for n in '$BENCH_SIZES'.split(','))
 compiled = tuple(int(n) for n in '$BENCH_COMPILED'.split(',') if n)
 r = run('cuda', batch=128, pack_batch=128, pack_sizes=sizes, repeats=5, amp='bf16', profile=True,

@@ -12,7 +12,7 @@ import contextlib
 import torch
 from torch.profiler import profile
 
-from qdnn_cli.bench_pack import _runs, packed_step, sequential_step
+from qdnn_cli.bench.batching import _runs, packed_step, sequential_step
 from qdnn_cli.engine.losses import QuantizableLoss
 
 

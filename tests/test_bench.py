@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from qdnn_cli import bench
+from qdnn_cli.bench import steps as bench
 
 
 def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
@@ -32,7 +32,7 @@ def test_bench_times_the_compiled_joint_step_on_cpu(capsys):
 
 
 def test_concurrent_bench_reports_aggregate_throughput_of_parallel_runs():
-    from qdnn_cli import bench_concurrent
+    from qdnn_cli.bench import concurrent as bench_concurrent
 
     results = bench_concurrent.main(["--runs", "1,2", "--images", "64", "--epochs", "1", "--train-args",
                                      "model=tiny model.kwargs.width=8 quant.bits=[2,32]"])

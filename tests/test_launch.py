@@ -54,7 +54,9 @@ def test_a_requeued_job_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     executor = make_executor(tmp_path / ".submitit", LaunchOptions("slurm"))
     executor.update_parameters(timeout_min=1)
     executor._executor.update_parameters(signal_delay_s=45)  # the local executor's own knob
-    job = executor.submit(TrainJob("quickstart", tiny_overrides(job_run, *common)))
+    from qdnn_cli.commands import train_one
+
+    job = executor.submit(TrainJob("quickstart", tiny_overrides(job_run, *common), train_one))
     job.result()
     keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
     strip = lambda rows: [{k: x[k] for k in keep} for x in rows]  # noqa: E731

@@ -7,7 +7,7 @@ from helpers import qdnn, read_csv
 from qdnn_cli.models import build_model
 from qdnn_cli.quant import BitModeError, BitSpecificBN, QuantSpec, parse_mode, set_bit_config, set_bit_mode, sort_modes
 from qdnn_cli.quant.mixed import quantized_layers
-from qdnn_cli.quant.modes import label_mode, mode_code, mode_from_code, mode_label
+from qdnn_cli.quant.modes import mode_from_label, mode_code, mode_from_code, mode_label
 
 
 def test_modes_parse_order_and_round_trip_through_checkpoint_codes():
@@ -18,7 +18,7 @@ def test_modes_parse_order_and_round_trip_through_checkpoint_codes():
         assert mode_from_code(mode_code(m)) == m
     assert [mode_from_code(c) for c in (2, 3, 4, 8, 32)] == [2, 3, 4, 8, 32]  # codes written before wXaY
     assert [mode_label(m) for m in (32, 4, "w2a4")] == ["FP", "4-bit", "w2a4"]
-    assert [label_mode(x) for x in ("FP", "4-bit", "w2a4", "32")] == [32, 4, "w2a4", 32]
+    assert [mode_from_label(x) for x in ("FP", "4-bit", "w2a4", "32")] == [32, 4, "w2a4", 32]
     for bad in ("w2a9", "w0a4", 0, 5.5, "four", True):
         with pytest.raises(BitModeError, match="is not a bit mode"):
             parse_mode(bad)

@@ -67,7 +67,7 @@ def test_a_variant_is_added_by_writing_a_grid_file(tmp_path):
     r = qdnn("ablate", "quickstart", "--grid", grid, "--no-consistency", *tiny_overrides(group, "trainer.epochs=1"))
     assert r.exit_code == 0, r.output
     assert [p.name for p in group.iterdir()] == ["no_consistency"]
-    from qdnn_cli.runs import load_grid
+    from qdnn_cli.commands import load_grid
 
     assert load_grid(str(grid))["next_target"] == ["loss.target=next"]
     assert list(load_grid(str(grid))) == ["full", "no_consistency", "shared_bn", "no_consistency_shared_bn",
@@ -175,3 +175,24 @@ def test_tensorboard_logger_writes_what_metrics_csv_holds(tmp_path):
     assert [e.value for e in events] == pytest.approx([float(x["top1"]) for x in rows], rel=1e-6)
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "bad", "logger=wandb"))
     assert r.exit_code == 2 and "logger='wandb' is not allowed" in r.output
+
+
+# ----------------------------------------------------------------------------- import structure
+def test_imports_run_down_the_floors_with_no_circle():
+    """scripts/import_graph.py: every module imports from its own floor or lower ones
+    (docs/architecture.md draws it), and no two parts import each other."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "import_graph.py"
+    spec = importlib.util.spec_from_file_location("import_graph", path)
+    graph_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graph_mod)
+    graph = graph_mod.unit_graph()
+    assert {"quant", "engine", "config", "cli", "commands", "search"} <= set(graph)
+    for u in graph:
+        graph_mod.floor_of(u)  # every part of qdnn_cli sits on a floor
+    assert graph_mod.violations(graph) == []
+    assert graph["quant"] <= {"errors"}  # the quantization library knows nothing of training
+    # the check catches what it should: an import from the engine up into the commands
+    assert graph_mod.violations({**graph, "engine": graph["engine"] | {"commands"}})

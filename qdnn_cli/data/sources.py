@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 CIFAR_STATS = {
@@ -21,7 +23,7 @@ CIFAR_STATS = {
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data set that cannot be used as configured (missing, empty, malformed)."""
 
 

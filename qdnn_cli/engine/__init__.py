@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import InputError
 from .checkpoint import CheckpointError, RunLock, atomic_save, safe_load
 from ..quant import mode_label
 from .evaluation import evaluate
@@ -17,7 +18,7 @@ RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.checkpoint_every_minutes",
                          "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
 
 
-class RunMismatch(ValueError):
+class RunMismatch(InputError):
     """An existing run directory holds a run with another configuration."""
 
 
@@ -38,11 +39,11 @@ def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) 
     saved_path = Path(run_dir) / "config.yaml"
     if not saved_path.exists() or not (Path(run_dir) / "checkpoint.pt").exists():
         return
-    from ..config import with_schema_defaults
+    from ..schema import with_legacy_defaults
 
     # a key the saved run lacks was added later: the run trained with its schema default
     # (the old behaviour), so a changed default today is a difference too
-    old = _flatten(OmegaConf.to_container(with_schema_defaults(OmegaConf.load(saved_path)), resolve=True))
+    old = _flatten(OmegaConf.to_container(with_legacy_defaults(OmegaConf.load(saved_path)), resolve=True))
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))
     # keys only one side has (a removed key; another data family's fields) are not the user's
     diffs = [k for k in sorted(set(old) & set(new))
@@ -68,7 +69,7 @@ def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume
     a directory this invocation created (``fresh``) is removed for input errors; any
     other failure leaves ``status.json`` marked failed with the reason, and an
     unexpected error's traceback in ``error.log``."""
-    from ..config import save_config
+    from .rundir import save_config
 
     try:
         trainer = Trainer(cfg, run_dir, console=console, resume=resume)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(InputError):
     """A checkpoint that cannot be read or written."""
 
 

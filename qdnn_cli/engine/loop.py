@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import TensorBatches, build_data
+from ..errors import InputError
 from ..models import build_model, load_torchvision_weights
 from ..quant import QuantSpec, load_quantizable_state_dict, quantizable_state_dict, sort_modes
 from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
@@ -36,7 +37,7 @@ from .step import EpochStats, ModeTimer, mode_losses, mode_sets, random_config, 
 
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(InputError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 

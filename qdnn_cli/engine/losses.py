@@ -1,4 +1,4 @@
-"""The quantizable loss (METHOD.md):
+"""The quantizable loss (docs/method.md):
 
     L = CE(z_32, y) + Σ_{b<32} [ α·CE(z_b, y) + λ·T²·KL(softmax(z_t/T) ‖ softmax(z_b/T)) ]
         [ + μ·T²·KL(mean_{b<32} softmax(z_b/T) ‖ softmax(z_32/T)) ]

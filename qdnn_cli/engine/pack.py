@@ -229,7 +229,7 @@ def pack_backward(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.
 def run_pack(cfgs: list, run_dirs: list[Path], overrides: list[list[str]], names: list[str], console=None) -> list[dict]:
     """Train runs ``cfgs`` into ``run_dirs`` as one pack: each run directory locked,
     checked and written as :func:`~qdnn_cli.engine.run_training` does for one run."""
-    from ..config import save_config
+    from .rundir import save_config
     from . import _record_failure, check_same_run
     from .checkpoint import RunLock
 

@@ -28,6 +28,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_config(cfg, run_dir: Path, overrides: list[str]) -> None:
+    """``config.yaml`` (resolved) and ``overrides.yaml``, written atomically."""
+    from omegaconf import OmegaConf
+
+    atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(Path(run_dir) / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+
+
 def csv_text(fieldnames: list[str], rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")

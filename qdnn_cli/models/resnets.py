@@ -1,7 +1,7 @@
 """CIFAR and ImageNet ResNets built from switchable layers.
 
 Activations are quantized at the *input* of each quantized conv; the residual sum stays
-in full precision (clamping the identity path cripples ResNets, see METHOD.md).
+in full precision (clamping the identity path cripples ResNets; docs/method.md).
 The first conv and the classifier are full precision unless
 ``spec.quantize_first_last``; projection shortcuts unless ``spec.quantize_shortcut``.
 """

@@ -21,7 +21,7 @@ from .layers import (
     set_bit_mode,
 )
 from .mixed import BitConfig, LayerBits, bit_config, quantized_layers, set_bit_config
-from .modes import BitModeError, Mode, label_mode, mode_bits, mode_key, mode_label, parse_mode, sort_modes
+from .modes import BitModeError, Mode, mode_from_label, mode_bits, mode_key, mode_label, parse_mode, sort_modes
 from .quantizers import FULL_PRECISION, VALID_BITS, check_bits
 
 __all__ = [
@@ -29,5 +29,5 @@ __all__ = [
     "current_bit_mode", "load_quantizable_state_dict", "model_modes", "quantizable_state_dict",
     "set_bit_mode", "FULL_PRECISION", "VALID_BITS", "check_bits", "mode_label",
     "BitConfig", "LayerBits", "bit_config", "set_bit_config", "quantized_layers",
-    "Mode", "label_mode", "mode_bits", "mode_key", "parse_mode", "sort_modes",
+    "Mode", "mode_from_label", "mode_bits", "mode_key", "parse_mode", "sort_modes",
 ]

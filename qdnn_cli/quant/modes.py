@@ -15,13 +15,14 @@ from __future__ import annotations
 import re
 from typing import Iterable, Union
 
+from ..errors import InputError
 from .quantizers import FULL_PRECISION, check_bits
 
 Mode = Union[int, str]
 _WA = re.compile(r"^w(\d+)a(\d+)$")
 
 
-class BitModeError(ValueError):
+class BitModeError(InputError):
     """Asked for a bit mode the model was not built with, or mismatched checkpoints."""
 
 
@@ -68,7 +69,7 @@ def mode_label(mode: Mode) -> str:
     return str(mode)
 
 
-def label_mode(label: str) -> Mode:
+def mode_from_label(label: str) -> Mode:
     """The inverse of :func:`mode_label` (also accepts what :func:`parse_mode` does)."""
     text = str(label).strip()
     return parse_mode(text[:-4] if text.lower().endswith("-bit") else text)

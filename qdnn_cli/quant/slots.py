@@ -28,11 +28,12 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .layers import BitSpecificBN, SlotPlan, _switchables, current_bit_mode
 from .mixed import apply_bits
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """Models that cannot run as one pack (another architecture or quantizer)."""
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..quant import label_mode, parse_mode
+from ..errors import InputError
+from ..quant import mode_from_label, parse_mode
 
 # keys that do not change what a run measures
 NON_VARIANT = ("name", "seed", "out_dir", "logger", "data.root", "data.download", "data.workers", "trainer.device",
@@ -82,7 +83,7 @@ def experiment_defaults(name: str, data_name: str | None = None) -> dict | None:
         return flatten(OmegaConf.to_container(cfg, resolve=False))
 
 
-class DamagedRun(ValueError):
+class DamagedRun(InputError):
     """A run directory whose files cannot be read (truncated config, cut CSV)."""
 
 
@@ -259,7 +260,7 @@ def _searched_rows(run: RunRecord, variant: str, budget: str) -> list[dict]:
     for summary_path in sorted(run.path.glob("search-*/summary.json")):
         try:
             summary = json.loads(summary_path.read_text())
-            mode = label_mode(summary["budget"])
+            mode = mode_from_label(summary["budget"])
             top1 = float(summary["val"][0]["top1"])
         except (ValueError, KeyError, IndexError, json.JSONDecodeError):
             continue  # a budget that is no mode, or an unfinished search

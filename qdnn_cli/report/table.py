@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..quant import label_mode, mode_label, sort_modes
+from ..quant import mode_from_label, mode_label, sort_modes
 from .collect import RunRecord
 
 INFO = ["variant", "budget", "seeds", "finished", "row"]
@@ -85,7 +85,7 @@ def load_reference(path: Path) -> pd.DataFrame:
     ref = pd.read_csv(path, dtype=str).fillna("")
     rows = []
     for _, r in ref.iterrows():
-        means = {label_mode(k): float(v) for k, v in r.items()
+        means = {mode_from_label(k): float(v) for k, v in r.items()
                  if k not in ("source", "variant", "setting", "note") and v != ""}
         rows.append(_row(f"reference: {r['variant']} ({r['source']})", r.get("setting", ""), "", True,
                          "reference", means))

@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from .engine.losses import QuantizableLoss
-from .engine.pack import pack_backward
-from .engine.step import mode_losses
-from .models import build_model
-from .quant import QuantSpec
+from ..engine.losses import QuantizableLoss
+from ..engine.pack import pack_backward
+from ..engine.step import mode_losses
+from ..models import build_model
+from ..quant import QuantSpec
 
 
 def _runs(n: int, model: str, modes, batch: int, dev: torch.device, channels_last: bool):
@@ -58,8 +58,8 @@ def packed_step(runs, modes, loss_fn, amp_ctx, compile_mode: str | None = None):
     models, opts, xs, ys = zip(*runs)
     losses, cudagraphs = None, False
     if compile_mode:
-        from .engine.compile import compile_step
-        from .engine.pack import pack_losses
+        from ..engine.compile import compile_step
+        from ..engine.pack import pack_losses
 
         losses = compile_step(pack_losses, 2, compile_mode)
         cudagraphs = xs[0].is_cuda and compile_mode in ("reduce-overhead", "max-autotune")
@@ -107,8 +107,8 @@ def run(device: str = "cpu", model: str = "resnet20", modes=(32, 8, 4, 3, 2), ba
         pack_batch: int = 32, pack_sizes=(1, 2, 4, 8), repeats: int = 5, channels_last: bool = True,
         amp: str = "none", profile: bool = False, compiled_sizes=(), compile_mode: str = "reduce-overhead") -> dict:
     """Every figure of the section on one device; prints as it goes, returns the ratios."""
-    from .bench import gpu_busy_ms
-    from .engine.device import keep_freed_cpu_memory
+    from .profiling import gpu_busy_ms
+    from ..engine.device import keep_freed_cpu_memory
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"

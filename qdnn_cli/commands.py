@@ -172,7 +172,7 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
                    lambda leaf, run_dir, results: print_results(results, f"{leaf}: final validation accuracy "
                                                                          "per bit mode", run_dir))
     elif name == "slurm":
-        run_submitit(experiment, todo, group, launcher, console)
+        run_submitit(experiment, todo, group, launcher, console, train_one)
     else:
         for i, (leaf, run_overrides) in enumerate(todo, 1):
             console.rule(f"[{i}/{len(todo)}] {leaf}")
@@ -181,7 +181,7 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
     return [group / leaf for leaf, _ in plans]
 
 
-def ablate(experiment: str, overrides: list[str], only: str | None, grid: str, launcher=None) -> list[Path]:
+def run_ablation(experiment: str, overrides: list[str], only: str | None, grid: str, launcher=None) -> list[Path]:
     variants = load_grid(grid)
     if only is not None:
         if only not in variants:
@@ -190,7 +190,7 @@ def ablate(experiment: str, overrides: list[str], only: str | None, grid: str, l
     return run_group(experiment, variants, group_dir(experiment, overrides, "ablate"), overrides, launcher=launcher)
 
 
-def sweep_bits(experiment: str, overrides: list[str], bits: list, launcher=None) -> list[Path]:
+def run_bit_sweep(experiment: str, overrides: list[str], bits: list, launcher=None) -> list[Path]:
     return run_group(experiment, load_grid("sweep_bits", bits), group_dir(experiment, overrides, "sweep"), overrides,
                      launcher=launcher)
 
@@ -219,7 +219,7 @@ def _leaf_value(value: str) -> str:
     return value
 
 
-def multirun(experiment: str, overrides: list[str], launcher=None) -> list[Path]:
+def run_multirun(experiment: str, overrides: list[str], launcher=None) -> list[Path]:
     """Hydra's sweep syntax: ``key=v1,v2`` overrides expand into their cartesian product,
     one run each, named by its swept values (``optim.lr-0.05_quant.bits-2+32``)."""
     import itertools
@@ -238,7 +238,7 @@ def multirun(experiment: str, overrides: list[str], launcher=None) -> list[Path]
     return run_group(experiment, variants, group_dir(experiment, fixed, "multirun"), fixed, launcher=launcher)
 
 
-def reproduce(experiment: str, overrides: list[str], seeds: int, runs_dir: Path | None,
+def run_reproduction(experiment: str, overrides: list[str], seeds: int, runs_dir: Path | None,
               report_dir: Path | None, grid: str = "reproduce", launcher=None) -> None:
     """Every variant of ``grid`` per seed, then the report (markdown, CSV, plot)."""
     from .config import compose
@@ -278,7 +278,7 @@ def resolve_checkpoint(target: Path, which: str) -> Path:
     return target
 
 
-def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
+def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
              device: str, config: Path | None = None, recalibrate_trained: bool = False) -> Path:
     """Evaluate a checkpoint in any modes (and a per-layer bit configuration); writes
     ``eval-<ckpt>-<time>.csv`` beside it."""
@@ -309,22 +309,23 @@ def evaluate(target: Path, overrides: list[str], bits: str | None, calibrate_bn:
 
 
 # ----------------------------------------------------------------------------- search
-def search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
+def run_search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
            seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None, rerank: int = 8,
            strategy: str = "sensitivity", metric: str = "kl") -> dict:
     """``qdnn search``: per-layer configurations under a budget; prints the validation table."""
     from rich.table import Table
 
     from .engine.progress import make_progress
-    from .search import run_search
+    from .search import SearchOptions, search_mixed_precision
 
     if (budget_bops is None) == (budget_size_mb is None):
         raise ValueError("give exactly one budget: --budget-bops X or --budget-size-mb Y")
     kind, budget = ("bops", budget_bops) if budget_bops is not None else ("size_mb", budget_size_mb)
     ck = resolve_checkpoint(target, "last")
     with make_progress(console, True, lines_off_terminal=True) as progress:
-        summary = run_search(ck, kind, budget, candidates, seed, calibrate_bn, search_images, device, out,
-                             progress, overrides, rerank, strategy, metric)
+        options = SearchOptions(kind, budget, candidates, seed, calibrate_bn, search_images, rerank, strategy, metric,
+                                device, out, tuple(overrides))
+        summary = search_mixed_precision(ck, options, progress)
     measured = summary["sensitivity_evaluations"]
     console.print(f"searched {summary['evaluated']} configurations"
                   + (f" after {measured} single-layer measurements" if measured else "")
@@ -348,7 +349,7 @@ def search(target: Path, overrides: list[str], budget_bops: str | None, budget_s
 
 
 # ----------------------------------------------------------------------------- status
-def status(paths: list[Path]) -> list[dict]:
+def show_status(paths: list[Path]) -> list[dict]:
     """Every run under ``paths``: state, epoch/epochs, last val top-1 per mode, job id."""
     import json
 

@@ -1,4 +1,4 @@
-"""``make bench``: training-step cost of the quantizable network, measured side by side.
+"""``make bench`` (``python -m qdnn_cli.bench``): training-step cost of the quantizable network, measured side by side.
 
 All steps are timed in one process, interleaved round-robin over repeats, and reported
 as medians, so machine noise hits every variant alike. Ratios:
@@ -7,7 +7,7 @@ as medians, so machine noise hits every variant alike. Ratios:
 * joint_ratio    = step(joint over B modes) / (B · step(FP)) (target ≤ 1.15; floor = 1)
 * speedup_vs_naive = step(naive joint) / step(joint)        (target ≥ 1.6)
 * mode_batch_ratio, pack_ratio_N: the mode-batched step and N packed runs against
-  today's step (:mod:`qdnn_cli.bench_pack`), on the CPU and, where present, on CUDA
+  today's step (:mod:`qdnn_cli.bench.batching`), on the CPU and, where present, on CUDA
 
 (Longer than the ~350 lines we aim for: every variant, CPU and CUDA, lives in this one
 module so they are all timed side by side in one process, as the ratios require.)
@@ -24,12 +24,13 @@ import time
 
 import torch
 
-from . import bench_pack
-from .engine.compile import compile_model, compile_step, whole_step
-from .engine.step import mode_losses
-from .engine.losses import QuantizableLoss
-from .models import build_model
-from .quant import QuantSpec, set_bit_mode
+from . import batching
+from .profiling import gpu_busy_ms
+from ..engine.compile import compile_model, compile_step, whole_step
+from ..engine.step import mode_losses
+from ..engine.losses import QuantizableLoss
+from ..models import build_model
+from ..quant import QuantSpec, set_bit_mode
 
 
 def _step_fn(model, modes, loss_fn, x, y, opt):
@@ -94,8 +95,8 @@ def end_to_end(images: int, device: str, amp: str = "none", channels_last: bool 
     import tempfile
     from pathlib import Path
 
-    from .config import compose
-    from .engine import run_training
+    from ..config import compose
+    from ..engine import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose("cifar100", ["data=synthetic", f"data.train_size={images}", "data.val_size=500",
@@ -194,25 +195,6 @@ def device_steps(modes: list[int], batch: int, steps: int, deadline: float, devi
                       f"({busy / (out[name] * 1000):.0%} busy): the rest is host-side overhead")
                 out[name + "_gpu_busy"] = busy / 1000
     return out
-
-
-def gpu_busy_ms(step, steps: int) -> float | None:
-    """Sum of CUDA kernel times per step (torch.profiler), to tell launch- from compute-bound."""
-    from torch.profiler import ProfilerActivity, profile
-
-    try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                step()
-            torch.cuda.synchronize()
-        total_us = 0.0
-        for ev in prof.events():
-            if getattr(ev, "device_type", None) == torch.autograd.DeviceType.CUDA:
-                total_us += ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-        return total_us / 1000 / steps if total_us else None
-    except Exception as e:  # the profiler is a diagnostic: never fail the bench for it
-        print(f"    profiler unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        return None
 
 
 def cpu_section(args, modes, make, x, y, loss_fn) -> dict:
@@ -367,11 +349,11 @@ def main(argv=None):
     if not args.no_cpu:
         ratios.update(cpu_section(args, modes, make, x, y, loss_fn))
         if not args.no_batching:
-            ratios.update(bench_pack.run("cpu", args.model, modes, args.batch, args.pack_batch, sizes,
+            ratios.update(batching.run("cpu", args.model, modes, args.batch, args.pack_batch, sizes,
                                          max(3, args.repeats // 2), args.channels_last))
     if torch.cuda.is_available() and not args.no_cuda:
         if not args.no_batching:  # first: the figures the batching work is judged by
-            ratios.update(bench_pack.run("cuda", args.model, modes, args.batch, args.batch,
+            ratios.update(batching.run("cuda", args.model, modes, args.batch, args.batch,
                                          tuple(sorted(set(sizes) | {16})), 5, True, "bf16", profile=True))
         ratios.update(cuda_section(args, modes))
     else:
