@@ -245,7 +245,7 @@ def report(
     fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the table to this file"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write accuracy-vs-bit-mode plot (PNG)"),
-    reference: Optional[str] = typer.Option(None, "--reference", help="add experiments/<NAME>/reference.csv rows"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="add a reference table's rows: a CSV, or cifar100 / cifar10 / imagenet (shipped with qdnn)"),
     no_costs: bool = typer.Option(False, "--no-costs", help="leave out model size and BOPs rows"),
 ):
     """One table from many runs: a row per comparable group of runs, a column per bit mode (top-1 %).

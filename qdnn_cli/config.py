@@ -126,14 +126,19 @@ def allowed_names() -> dict[str, tuple]:
     from .engine.optim import INTERVALS, OPTIMIZERS, SCHEDULES
     from .engine.step import MODE_SAMPLING
     from .models import MODELS
+    from .quant.layers import BN_KINDS
     from .quant.quantizers import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, WEIGHT_SCALES
 
     return {
         "logger": tuple(LOGGERS), "model.name": tuple(MODELS), "quant.weight": tuple(WEIGHT_QUANTIZERS), "quant.act": tuple(ACT_QUANTIZERS),
         "optim.name": tuple(OPTIMIZERS), "sched.name": tuple(SCHEDULES), "sched.interval": INTERVALS, "data.name": tuple(DATA_SOURCES),
-        "loss.target": TARGETS, "loss.reduction": REDUCTIONS, "quant.weight_scale": WEIGHT_SCALES, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
+        "loss.target": TARGETS, "loss.reduction": REDUCTIONS, "quant.bn": BN_KINDS, "quant.weight_scale": WEIGHT_SCALES, "trainer.kind": TRAINING_KINDS, "trainer.device": DEVICES,
         "trainer.amp": AMP_MODES, "trainer.mode_sampling": MODE_SAMPLING, "trainer.compile_scope": COMPILE_SCOPES,
     }
+
+
+# names that may be null: quant.bn unset means quant.bit_specific_bn decides
+OPTIONAL_NAMES = ("quant.bn",)
 
 
 def _is_mode(value) -> bool:
@@ -151,6 +156,8 @@ def validate(cfg: DictConfig) -> None:
 
     for key, allowed in allowed_names().items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key in OPTIONAL_NAMES:
+            continue
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(allowed)}")
     bits = list(cfg.quant.bits)
@@ -198,6 +205,8 @@ def validate(cfg: DictConfig) -> None:
                           "it runs eager (trainer.compile=false)")
     if t.mode_sampling == "mixed" and (t.kind != "quantizable" or len(bits) < 2):
         raise ConfigError("trainer.mode_sampling=mixed needs a quantizable run with several bit modes")
+    if cfg.quant.get("bn") == "bit_specific" and not cfg.quant.bit_specific_bn:
+        raise ConfigError("quant.bn=bit_specific contradicts quant.bit_specific_bn=false: set one of them")
     if t.mode_batch and t.sync_bn:
         raise ConfigError("trainer.mode_batch normalises all modes in one BN call, which SyncBatchNorm cannot: "
                           "use trainer.sync_bn=false or trainer.mode_batch=false")

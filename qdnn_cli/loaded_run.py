@@ -83,6 +83,7 @@ def load_checkpoint_model(ckpt_path, modes: set, overrides: list[str] = (),
     modes = set(modes) | (config_extra_modes(config, trained) if config is not None else set())
     # per-mode BNs even for a shared-BN run: expand_state copies the shared one into each
     spec = QuantSpec.from_config(cfg.quant, tuple(sort_modes(set(modes) | set(trained))), bit_specific_bn=True)
+    # (a private-statistics run stays one: from_config keeps its shared γ, β)
     device = resolve_device(device_name)
     model = build_model(ck["model_name"], spec, int(ck["num_classes"]), int(ck["in_channels"]),
                         **dict(cfg.model.get("kwargs") or {}))

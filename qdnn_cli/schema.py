@@ -28,6 +28,7 @@ class QuantConfig:
     weight: str = "dorefa"
     act: str = "dorefa"
     bit_specific_bn: bool = True
+    bn: Optional[str] = None    # bit_specific | shared | private_stats; null: bit_specific_bn decides (its older spelling)
     quantize_first_last: bool = False
     quantize_shortcut: bool = False
     weight_scale: str = "none"  # schema defaults of added keys = the older behaviour; conf/quant/dorefa.yaml sets mean_abs

@@ -9,13 +9,13 @@
 # Call 1 (about 5 min), carry [.site, .gpu/cifar100-dev.part1of2.zip]:
 #   OUT=$OUT bash scripts/gpu_first.sh bench
 #     unpacks part 1; the CUDA tests of the mode batch and the pack; the mode-batched step
-#     and packs of 1, 2, 4, 9 runs against the same runs one after another (eager, and
-#     compiled with CUDA graphs at 1 and 9), GPU kernel-busy share and TFLOP/s.
+#     and packs of 1, 2, 4, 10 runs against the same runs one after another (eager, and
+#     compiled with CUDA graphs at 1 and 10), GPU kernel-busy share and TFLOP/s.
 # Call 2 (at once, while the machine is warm), carry [.site, .gpu/cifar100-dev.part2of2.zip]:
 #   OUT=$OUT bash scripts/gpu_first.sh train
-#     unpacks part 2, then `qdnn reproduce cifar100 --launcher packed`: the ablation's four
-#     quantizable variants and a dedicated model per bit-width (9 runs, seed 0) as one
-#     pack, 200 epochs, bf16, compiled, until LIMIT_S; the time box's SIGTERM makes every run
+#     unpacks part 2, then `qdnn reproduce cifar100 --grid table200 --launcher packed`: the
+#     ablation's four quantizable variants, private BN statistics and a dedicated model per
+#     bit-width (10 runs, seed 0) as one pack, 200 epochs, bf16, compiled, until LIMIT_S; the time box's SIGTERM makes every run
 #     save a mid-epoch checkpoint. Run directories come back in $OUT (runs_*.tgz, with
 #     checkpoints): a later GPU resumes them (carry runs/gpu200 back after unpacking here).
 set -u
@@ -26,11 +26,11 @@ DATA_DIR=${DATA_DIR:-.gpu/cifar100-dev}
 RUNS=${RUNS:-runs/gpu200}
 EPOCHS=${EPOCHS:-200}
 LIMIT_S=${LIMIT_S:-500}
-PACK=${PACK:-9}
+PACK=${PACK:-10}
 COMPILE=${COMPILE:-reduce-overhead}
 EXTRA=${EXTRA:-}
-BENCH_SIZES=${BENCH_SIZES:-1,2,4,9}
-BENCH_COMPILED=${BENCH_COMPILED:-1,9}
+BENCH_SIZES=${BENCH_SIZES:-1,2,4,10}
+BENCH_COMPILED=${BENCH_COMPILED:-1,10}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
 export QDNN_CACHE=${QDNN_CACHE:-/tmp/qdnn_cache}
 mkdir -p "$OUT"
@@ -66,7 +66,7 @@ $PY -c "from qdnn_cli.data.sources import load_folder; s = load_folder('$DATA_DI
 stamp "data ready: $DATA"
 # the time box sends SIGTERM: the pack saves every run mid-epoch and exits 75
 timeout "$(( LIMIT_S - $(date +%s) + t0 ))" $PY -m qdnn_cli.cli reproduce cifar100 --seeds 1 --runs-dir "$RUNS" \
-    --report-dir "$OUT/report" --launcher packed --jobs "$PACK" $DATA trainer.epochs="$EPOCHS" \
+    --report-dir "$OUT/report" --grid table200 --launcher packed --jobs "$PACK" $DATA trainer.epochs="$EPOCHS" \
     trainer.amp=bf16 trainer.compile="$COMPILE" trainer.eval_every=10 trainer.progress=false $EXTRA \
     2>&1 | grep -v "^W[0-9]" | tee -a "$OUT/train.log"
 stamp "reproduce exit ${PIPESTATUS[0]} (124 or 75: the time box ended, runs resumable)"

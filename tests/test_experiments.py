@@ -260,3 +260,18 @@ def test_reproduce_skips_finished_runs_on_second_call(tmp_path):
     assert second.exit_code == 0, second.output
     assert second.output.count("finished already, skipped") == 6
     assert (tmp_path / "runs" / "seed0" / "full" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_reference_names_resolve_from_qdnn_not_from_the_current_directory(fixture_runs, tmp_path, monkeypatch):
+    """`--reference imagenet` is the table shipped with qdnn (the paper's one surviving
+    number, as quoted by Huang et al. 2025), whatever folder the command runs in."""
+    decoy = tmp_path / "cwd" / "experiments" / "imagenet"
+    decoy.mkdir(parents=True)
+    (decoy / "reference.csv").write_text("source,variant,FP\nnot this one,decoy,1.00\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    r = qdnn("report", fixture_runs, "--reference", "imagenet", "--no-costs")
+    assert r.exit_code == 0, r.output
+    assert "reference: Q-DNN" in r.output and "68.60" in r.output and "62.91" in r.output
+    assert "decoy" not in r.output
+    r = qdnn("report", fixture_runs, "--reference", "nope", "--no-costs")
+    assert r.exit_code == 2 and "no reference table 'nope'" in r.output and "imagenet" in r.output

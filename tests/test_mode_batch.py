@@ -167,3 +167,70 @@ def test_mode_batch_with_sync_bn_is_refused_in_one_line(tmp_path):
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.mode_batch=true", "trainer.sync_bn=true"))
     assert r.exit_code == 2
     assert "trainer.mode_batch" in r.output and "Traceback" not in r.output
+
+
+# ----------------------------------------------------------------------------- private BN statistics
+def _private_and_shared(seed=0):
+    """A private-statistics model and a shared-BN one with the very same weights."""
+    torch.manual_seed(seed)
+    private = build_model("resnet20", QuantSpec(bit_specific_bn=False, private_stats=True, weight_scale="mean_abs"),
+                          10, 3).double().train()
+    shared = build_model("resnet20", QuantSpec(bit_specific_bn=False, weight_scale="mean_abs"), 10, 3).double()
+    state, own = private.state_dict(), shared.state_dict()
+    for k in own:
+        if ".bn.shared." in k and k.rsplit(".", 1)[-1] in ("weight", "bias"):
+            own[k] = state[k.replace("bn.shared.", "")]
+        elif k in state:
+            own[k] = state[k]
+    shared.load_state_dict(own)
+    return private, shared.train()
+
+
+def test_private_statistics_train_exactly_as_a_shared_bn_and_keep_each_modes_statistics():
+    private, shared = _private_and_shared()
+    x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
+    for m in MODES:  # training forward: batch statistics and one γ, β, as a shared BN
+        set_bit_mode(private, m)
+        set_bit_mode(shared, m)
+        torch.testing.assert_close(private(x), shared(x), rtol=0, atol=1e-12)
+    # each mode's running statistics are its own: after one step the FP mode's and the
+    # 2-bit mode's differ, and equal a plain BN's update from that mode's batch
+    fresh, _ = _private_and_shared()
+    _step(fresh, x, y, MODES, QuantizableLoss(), False)
+    st = fresh.state_dict()
+    assert not torch.allclose(st["layer1.0.bn1.bn.32.running_mean"], st["layer1.0.bn1.bn.2.running_mean"])
+    assert int(st["layer1.0.bn1.bn.2.num_batches_tracked"]) == 1 and "layer1.0.bn1.weight" in st
+    check, _ = _private_and_shared()
+    set_bit_mode(check, 2)
+    seen = {}
+    check.layer1[0].conv1.register_forward_hook(lambda mod, inp, out: seen.setdefault("out", out.detach()))
+    check(x)
+    var, mean = torch.var_mean(seen["out"], dim=(0, 2, 3), correction=1)
+    torch.testing.assert_close(st["layer1.0.bn1.bn.2.running_mean"], 0.1 * mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(st["layer1.0.bn1.bn.2.running_var"], 0.9 + 0.1 * var, rtol=0, atol=1e-12)
+
+
+def test_private_statistics_in_a_mode_batch_equal_mode_by_mode():
+    a, _ = _private_and_shared()
+    b = copy.deepcopy(a)
+    x, y = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
+    _step(a, x, y, MODES, QuantizableLoss(), False)
+    _step(b, x, y, MODES, QuantizableLoss(), True)
+    _assert_same_state(a, b)
+
+
+def test_a_private_statistics_run_trains_evaluates_searches_and_reports(tmp_path):
+    run = tmp_path / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(run, "quant.bn=private_stats", "quant.bits=[2,4,32]"))
+    assert r.exit_code == 0, r.output
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert "bn1.weight" in state and "bn1.bn.2.running_mean" in state and "bn1.bn.2.weight" not in state
+    r = qdnn("eval", run, "--bits", "3,4", "--calibrate-bn", "2", "--device", "cpu")  # 3 was never trained
+    assert r.exit_code == 0, r.output
+    r = qdnn("report", run, "--no-costs")
+    assert r.exit_code == 0 and "private BN statistics" in r.output, r.output
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "bad", "quant.bn=per_mode"))
+    assert r.exit_code == 2 and "quant.bn='per_mode' is not allowed" in r.output
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "bad2", "quant.bn=bit_specific",
+                                                    "quant.bit_specific_bn=false"))
+    assert r.exit_code == 2 and "contradicts" in r.output

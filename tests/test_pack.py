@@ -32,11 +32,13 @@ SMALL = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.image
 
 
 def _members(quant, name="resnet20"):
-    """A quantizable run, a shared-BN quantizable run and a dedicated 4-bit run."""
+    """A quantizable run, a shared-BN one, a dedicated 4-bit run and one with private BN
+    statistics: every BN kind in one pack."""
     w = dict(weight_scale="mean_abs" if quant != "lsq" else "none")
     specs = [QuantSpec(weight=quant, act=quant, **w), QuantSpec(weight=quant, act=quant, bit_specific_bn=False, **w),
-             QuantSpec((4,), weight=quant, act=quant, **w)]
-    modes = [[32, 8, 4, 3, 2], [32, 8, 4, 3, 2], [4]]
+             QuantSpec((4,), weight=quant, act=quant, **w),
+             QuantSpec(weight=quant, act=quant, bit_specific_bn=False, private_stats=True, **w)]
+    modes = [[32, 8, 4, 3, 2], [32, 8, 4, 3, 2], [4], [32, 8, 4, 3, 2]]
     models, xs, ys = [], [], []
     for seed, spec in enumerate(specs):
         torch.manual_seed(seed)

@@ -35,7 +35,7 @@ def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:  # private statistics: γ, β live above
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -231,6 +231,10 @@ def load_torchvision_weights(model: nn.Module, tv_state: dict) -> None:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, BitSpecificBN):
+            if module.private_stats:
+                for suffix in ("weight", "bias"):
+                    if f"{prefix}{suffix}" in tv_state:
+                        mapped[f"{prefix}{suffix}"] = tv_state[f"{prefix}{suffix}"]
             for key in module.bn:
                 for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
                     src = f"{prefix}{suffix}"

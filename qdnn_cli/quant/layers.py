@@ -61,6 +61,7 @@ class QuantSpec:
     weight_scale: str = "none"      # DoReFa weights: "mean_abs" multiplies them by E|W|
     weight_max_grad: bool = False   # DoReFa weights: gradient through max|tanh W|
     extra: dict = field(default_factory=dict)
+    private_stats: bool = False     # with bit_specific_bn=False: one γ, β for all modes, running statistics per mode
 
     def __post_init__(self):
         modes = tuple(parse_mode(b) for b in self.modes)
@@ -72,16 +73,29 @@ class QuantSpec:
             if name not in registry:
                 raise ValueError(f"quant.{kind}={name!r} is unknown: choose one of {', '.join(registry)}")
         object.__setattr__(self, "modes", tuple(sort_modes(modes)))
+        if self.private_stats and self.bit_specific_bn:
+            raise BitModeError("private BN statistics share one γ, β: they need bit_specific_bn=False")
+
+    @property
+    def bn(self) -> str:
+        """``bit_specific``, ``shared`` or ``private_stats`` (``quant.bn``)."""
+        return "private_stats" if self.private_stats else "bit_specific" if self.bit_specific_bn else "shared"
 
     @classmethod
     def from_config(cls, quant, modes: tuple | None = None, bit_specific_bn: bool | None = None) -> "QuantSpec":
         """The spec of a run's ``quant`` config group (its own ``bits`` unless ``modes`` is
         given). The one place a config becomes a spec; a saved run's missing keys were
-        completed with their schema defaults before it gets here."""
-        return cls(tuple(parse_mode(b) for b in (modes or quant.bits)), quant.weight, quant.act,
-                   bool(quant.bit_specific_bn if bit_specific_bn is None else bit_specific_bn),
+        completed with their schema defaults before it gets here. ``quant.bn`` names the
+        BN kind; unset, ``quant.bit_specific_bn`` (its older spelling) decides.
+        ``bit_specific_bn=True`` asks for one BN per mode whatever the run trained
+        (a shared-BN run loaded so that each mode can be re-calibrated alone)."""
+        kind = bn_kind(quant)
+        private = kind == "private_stats"
+        specific = kind == "bit_specific" if bit_specific_bn is None else bool(bit_specific_bn) and not private
+        return cls(tuple(parse_mode(b) for b in (modes or quant.bits)), quant.weight, quant.act, specific,
                    bool(quant.quantize_first_last), bool(quant.quantize_shortcut),
-                   quant.get("weight_scale", "none"), bool(quant.get("weight_max_grad", False)))
+                   quant.get("weight_scale", "none"), bool(quant.get("weight_max_grad", False)),
+                   private_stats=private)
 
     @property
     def weight_bits(self) -> tuple[int, ...]:
@@ -90,6 +104,20 @@ class QuantSpec:
     @property
     def act_bits(self) -> tuple[int, ...]:
         return tuple(act_bits(self.modes))
+
+
+BN_KINDS = ("bit_specific", "shared", "private_stats")
+
+
+def bn_kind(quant) -> str:
+    """The BN kind a ``quant`` config group asks for: ``quant.bn``, else from
+    ``quant.bit_specific_bn``."""
+    kind = quant.get("bn") if hasattr(quant, "get") else getattr(quant, "bn", None)
+    if kind is None:
+        return "bit_specific" if quant.bit_specific_bn else "shared"
+    if kind not in BN_KINDS:
+        raise BitModeError(f"quant.bn={kind!r} is unknown: choose one of {', '.join(BN_KINDS)}")
+    return kind
 
 
 class _Switchable:
@@ -192,10 +220,15 @@ class BitSpecificBN(nn.Module, _Switchable):
         super().__init__()
         self.modes = spec.modes
         self.mode = spec.modes[-1]
-        self.shared = not spec.bit_specific_bn
+        self.private_stats = spec.private_stats
+        self.shared = not spec.bit_specific_bn and not self.private_stats
         bn_cls = nn.BatchNorm2d if dim == 2 else nn.BatchNorm1d
         keys = ["shared"] if self.shared else [str(m) for m in spec.modes]
-        self.bn = nn.ModuleDict({k: bn_cls(channels) for k in keys})
+        # private statistics: each mode's BN keeps only running statistics; γ, β are shared
+        self.bn = nn.ModuleDict({k: bn_cls(channels, affine=not self.private_stats) for k in keys})
+        if self.private_stats:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
         self._key = keys[-1]
 
         self.slots: SlotPlan | None = None  # set in a mode batch (.slots)
@@ -207,15 +240,23 @@ class BitSpecificBN(nn.Module, _Switchable):
     def forward(self, x):
         if self.slots is not None:
             return self._forward_slots(x, self.slots)
-        return self.bn[self._key](x)
+        if not self.private_stats:
+            return self.bn[self._key](x)
+        bn = self.bn[self._key]  # nn.BatchNorm's own update of its statistics, with the shared γ, β
+        momentum = bn.momentum
+        if self.training:
+            bn.num_batches_tracked.add_(1)
+            momentum = momentum if momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, self.weight, self.bias, self.training,
+                            momentum or 0.0, bn.eps)
 
     def _forward_slots(self, x, plan: SlotPlan):
         n = len(plan.settings)
         norms = [o.bn[k] for o, k in zip(plan.owners, plan.settings)]
         first = norms[0]
         x = _to_slots(x, 1, first.num_features, plan)
-        weight = _cat(bn.weight for bn in norms)
-        bias = _cat(bn.bias for bn in norms)
+        weight = _cat(o.weight if o.private_stats else bn.weight for o, bn in zip(plan.owners, norms))
+        bias = _cat(o.bias if o.private_stats else bn.bias for o, bn in zip(plan.owners, norms))
         if not self.training:
             mean = _cat(bn.running_mean for bn in norms)
             var = _cat(bn.running_var for bn in norms)
@@ -373,11 +414,13 @@ def check_state_dict_modes(model: nn.Module, state: dict, source: str = "checkpo
         theirs = tuple(mode_from_code(c) for c in theirs.tolist())
         ours_shared = _uses_shared_bn(model)
         theirs_shared = bool(state.get("_qdnn.shared_bn", torch.tensor(False)).item())
-        if theirs != tuple(ours) or theirs_shared != ours_shared:
+        ours_private = _uses_private_stats(model)
+        theirs_private = bool(state.get("_qdnn.private_bn_stats", torch.tensor(False)).item())
+        if theirs != tuple(ours) or theirs_shared != ours_shared or theirs_private != ours_private:
+            kind = lambda shared, private: " (shared BN)" if shared else " (private BN statistics)" if private else ""  # noqa: E731
             raise BitModeError(
-                f"{source} was saved for bit modes {list(theirs)}"
-                f"{' (shared BN)' if theirs_shared else ''} but the model has bit modes {list(ours)}"
-                f"{' (shared BN)' if ours_shared else ''}"
+                f"{source} was saved for bit modes {list(theirs)}{kind(theirs_shared, theirs_private)} "
+                f"but the model has bit modes {list(ours)}{kind(ours_shared, ours_private)}"
             )
 
 
@@ -385,11 +428,16 @@ def _uses_shared_bn(model: nn.Module) -> bool:
     return any(isinstance(m, BitSpecificBN) and m.shared for m in _switchables(model))
 
 
+def _uses_private_stats(model: nn.Module) -> bool:
+    return any(isinstance(m, BitSpecificBN) and m.private_stats for m in _switchables(model))
+
+
 def modes_state(model: nn.Module) -> dict:
     """Entries stored beside the weights so a checkpoint says which modes it holds."""
     return {
         "_qdnn.bit_modes": torch.tensor([mode_code(m) for m in model_modes(model)], dtype=torch.int64),
         "_qdnn.shared_bn": torch.tensor(_uses_shared_bn(model)),
+        "_qdnn.private_bn_stats": torch.tensor(_uses_private_stats(model)),
     }
 
 

@@ -59,9 +59,10 @@ def _slot_settings(model: nn.Module, settings: tuple) -> list[tuple]:
 
 
 def _layer_signature(m: nn.Module) -> tuple:
-    return (type(m).__name__, getattr(m, "quantize", None), getattr(m, "quantize_input", None),
-            type(getattr(m, "act_quant", None)).__name__, type(getattr(m, "weight_quant", None)).__name__,
-            tuple(getattr(m, "weight", torch.empty(0)).shape))
+    if isinstance(m, BitSpecificBN):  # BN kinds may mix in a pack (each slot uses its own model's)
+        return ("BitSpecificBN", next(iter(m.bn.values())).num_features)
+    return (type(m).__name__, m.quantize, m.quantize_input, type(m.act_quant).__name__,
+            type(m.weight_quant).__name__, tuple(m.weight.shape))
 
 
 def check_packable(models: Sequence[nn.Module], names: Sequence[str] | None = None) -> None:

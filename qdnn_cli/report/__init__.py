@@ -11,6 +11,33 @@ from .collect import collect, find_runs
 from .table import INFO, build_table, cost_rows, load_reference, plot, to_csv, to_markdown
 
 
+def reference_names() -> list[str]:
+    return sorted(p.parent.name for p in _references_dir().glob("*/reference.csv"))
+
+
+def _references_dir() -> Path:
+    """experiments/ of the source tree, or the copy of its reference tables installed
+    with the package (``qdnn_cli/references``): never the current directory."""
+    from importlib import resources
+
+    source = Path(__file__).resolve().parents[2] / "experiments"
+    if any(source.glob("*/reference.csv")):
+        return source
+    return Path(str(resources.files("qdnn_cli") / "references"))
+
+
+def reference_path(reference: str) -> Path:
+    """A reference table: a CSV path, or the name of a reproduced table (``cifar100``,
+    ``imagenet``), whose ``reference.csv`` ships with qdnn."""
+    if Path(reference).suffix == ".csv" and Path(reference).is_file():
+        return Path(reference)
+    found = _references_dir() / reference / "reference.csv"
+    if not found.is_file():
+        raise FileNotFoundError(f"no reference table {reference!r}: give a CSV file or one of "
+                                f"{', '.join(reference_names())}")
+    return found
+
+
 def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path | None,
                  reference: str | None, costs: bool = True) -> str:
     from ..engine.rundir import atomic_write_text
@@ -25,12 +52,7 @@ def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path 
         raise FileNotFoundError(f"no evaluated epochs yet in the {len(runs)} runs under {', '.join(map(str, paths))}")
     modes, table = build_table(long)
     if reference:
-        ref = Path(reference)
-        if not ref.is_file():
-            ref = Path("experiments") / reference / "reference.csv"
-        if not ref.is_file():
-            raise FileNotFoundError(f"no reference table {reference} (looked for {ref})")
-        refs = load_reference(ref)
+        refs = load_reference(reference_path(reference))
         ref_modes = {c for c in refs.columns if c not in INFO and not str(c).endswith("_std")}
         modes = sort_modes(set(modes) | ref_modes, descending=True)
         table = pd.concat([table, refs], ignore_index=True)

@@ -31,6 +31,8 @@ BUDGET = ("trainer.epochs", "data.train_fraction")
 FRIENDLY = {
     ("loss.consistency", False): "no consistency",
     ("quant.bit_specific_bn", False): "shared BN",
+    ("quant.bn", "shared"): "shared BN",
+    ("quant.bn", "private_stats"): "private BN statistics",
     ("loss.target", "next"): "next-mode target",
     ("trainer.mode_sampling", "sandwich"): "sandwich sampling",
 }
