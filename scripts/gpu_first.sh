@@ -31,16 +31,8 @@ COMPILE=${COMPILE:-reduce-overhead}
 EXTRA=${EXTRA:-}
 BENCH_SIZES=${BENCH_SIZES:-1,2,4,10}
 BENCH_COMPILED=${BENCH_COMPILED:-1,10}
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
-export QDNN_CACHE=${QDNN_CACHE:-/tmp/qdnn_cache}
-mkdir -p "$OUT"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/$STAGE.log"; }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
-$PY -c "import torch, hydra; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" \
-    2>&1 | tee -a "$OUT/gpu.txt"
-git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/gpu.txt"
+LOG="$STAGE.log"
+source "$(dirname "$0")/device_env.sh"
 $PY scripts/device_data.py unpack "$DATA_DIR" 2>&1 | tee -a "$OUT/$STAGE.log"
 
 if [ "$STAGE" = bench ]; then

@@ -21,14 +21,8 @@ LIMIT_S=${LIMIT_S:-440}
 GRID=${GRID:-fidelity}
 EXTRA=${EXTRA:-}
 PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
-export QDNN_CACHE=${QDNN_CACHE:-/tmp/qdnn_cache}
-mkdir -p "$OUT"
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$OUT/table.log"; }
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
-$PY -c "import torch, hydra; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" 2>&1 | tee -a "$OUT/gpu.txt"
+LOG=table.log
+source "$(dirname "$0")/device_env.sh"
 DATA=$($PY scripts/device_data.py fill .gpu/cifar100-dev) || { stamp "data fill failed"; exit 2; }
 # decode once into the cache that every run then reads
 $PY -c "from qdnn_cli.data.sources import load_folder; s = load_folder('.gpu/cifar100-dev', 'train', 'val', 3, 64, ((0.5,) * 3, (0.25,) * 3)); print(len(s.train.labels), len(s.val.labels))"
