@@ -245,6 +245,8 @@ def report(
     fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the table to this file"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write accuracy-vs-bit-mode plot (PNG)"),
+    budget_plot: Optional[Path] = typer.Option(None, "--plot-budget", help="write accuracy-vs-epochs plot (PNG): "
+                                               "each variant's most and least precise mode over the budgets it ran"),
     reference: Optional[str] = typer.Option(None, "--reference", help="add a reference table's rows: a CSV, or cifar100 / cifar10 / imagenet (shipped with qdnn)"),
     no_costs: bool = typer.Option(False, "--no-costs", help="leave out model size and BOPs rows"),
 ):
@@ -253,9 +255,9 @@ def report(
     Example: qdnn report runs/cifar100 --out table.md --plot table.png"""
     from .report import build_report
 
-    text = build_report(paths, fmt, out, plot_path, reference, not no_costs)
+    text = build_report(paths, fmt, out, plot_path, reference, not no_costs, budget_plot)
     console.print(text, markup=False, soft_wrap=True)
-    for p in (out, plot_path):
+    for p in (out, plot_path, budget_plot):
         if p:
             console.print(f"written: {p}")
 

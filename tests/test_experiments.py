@@ -275,3 +275,23 @@ def test_reference_names_resolve_from_qdnn_not_from_the_current_directory(fixtur
     assert "decoy" not in r.output
     r = qdnn("report", fixture_runs, "--reference", "nope", "--no-costs")
     assert r.exit_code == 2 and "no reference table 'nope'" in r.output and "imagenet" in r.output
+
+
+def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
+    """`qdnn report --plot-budget`: quantizable against dedicated at 8 / 16 / 32 epochs,
+    seeds averaged per budget, most and least precise mode."""
+    from qdnn_cli.report import budget_curves, collect, find_runs
+
+    root = tmp_path / "runs"
+    for epochs, q, d in ((8, 30.0, 20.0), (16, 40.0, 33.0), (32, 50.0, 47.0)):
+        for seed in (0, 1):
+            make_run(root / f"q{epochs}_{seed}", {32: q + 5 + seed, 2: q + seed}, seed=seed, epochs=epochs, epoch=epochs)
+            make_run(root / f"d{epochs}_{seed}", {2: d + seed}, kind="dedicated", seed=seed, epochs=epochs, epoch=epochs)
+    long, _ = collect(find_runs([root]))
+    curves = budget_curves(long)
+    assert [p[:2] for p in curves[("quantizable", 2)]] == [(8, 30.5), (16, 40.5), (32, 50.5)]
+    assert [p[:2] for p in curves[("dedicated", 2)]] == [(8, 20.5), (16, 33.5), (32, 47.5)]
+    assert curves[("quantizable", 32)][0][3] == 2  # two seeds behind each point
+    r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "budget.png")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,8 @@ import pandas as pd
 
 from ..quant import sort_modes
 from .collect import collect, find_runs
-from .table import INFO, build_table, cost_rows, load_reference, plot, to_csv, to_markdown
+from .table import (INFO, budget_curves, build_table, cost_rows, load_reference, plot, plot_budget, to_csv,
+                    to_markdown)
 
 
 def reference_names() -> list[str]:
@@ -39,7 +40,7 @@ def reference_path(reference: str) -> Path:
 
 
 def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path | None,
-                 reference: str | None, costs: bool = True) -> str:
+                 reference: str | None, costs: bool = True, budget_plot: Path | None = None) -> str:
     from ..engine.rundir import atomic_write_text
 
     if fmt not in ("markdown", "csv"):
@@ -74,7 +75,13 @@ def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path 
     if plot_path:
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(modes, table, plot_path, title=", ".join(sorted({r.name for r in runs})))
+    if budget_plot:
+        curves = budget_curves(long)
+        if not curves:
+            raise FileNotFoundError("--plot-budget: no finished runs to draw")
+        budget_plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_budget(curves, budget_plot, title=", ".join(sorted({r.name for r in runs})) + ": top-1 against epochs")
     return text
 
 
-__all__ = ["build_report", "collect", "find_runs", "build_table"]
+__all__ = ["build_report", "budget_curves", "collect", "find_runs", "build_table"]

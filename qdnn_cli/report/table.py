@@ -163,3 +163,49 @@ def plot(modes: list, table: pd.DataFrame, path: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def budget_curves(long: pd.DataFrame, modes: list | None = None) -> dict:
+    """Top-1 against training epochs: ``{(variant, mode): [(epochs, mean, std, seeds), ...]}``
+    over finished runs (seeds averaged per epoch budget), for ``modes`` (default: the most
+    and the least precise mode present). What ``qdnn report --plot-budget`` draws."""
+    done = long[long["finished"]]
+    if done.empty:
+        return {}
+    present = sort_modes(done["mode"].unique().tolist(), descending=True)
+    modes = modes or sorted({present[0], present[-1]}, key=present.index)
+    curves = {}
+    for (variant, mode), g in done[done["mode"].isin(modes)].groupby(["variant", "mode"], sort=False):
+        per_seed = g.groupby(["epochs", "seed"])["top1"].mean().reset_index()
+        points = []
+        for epochs, h in per_seed.groupby("epochs"):
+            std = float(h["top1"].std()) if len(h) > 1 else float("nan")
+            points.append((int(epochs), float(h["top1"].mean()), std, int(len(h))))
+        curves[(variant, mode)] = sorted(points)
+    return curves
+
+
+def plot_budget(curves: dict, path: Path, title: str = "") -> None:
+    """One line per variant and mode: top-1 against epochs (log axis), error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    for (variant, mode), points in curves.items():
+        xs, ys, es = zip(*[(p[0], p[1], 0 if p[2] != p[2] else p[2]) for p in points])
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{variant}, {mode_label(mode)}",
+                    linestyle="-" if variant.split(": ")[-1].startswith("quantizable") else "--")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p[0] for points in curves.values() for p in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training epochs (same data)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "accuracy against training budget")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
