@@ -196,3 +196,6 @@ def test_imports_run_down_the_floors_with_no_circle():
     assert graph["quant"] <= {"errors"}  # the quantization library knows nothing of training
     # the check catches what it should: an import from the engine up into the commands
     assert graph_mod.violations({**graph, "engine": graph["engine"] | {"commands"}})
+    # the picture in docs/architecture.md is this graph (regenerate: scripts/import_graph.py --mermaid)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    assert graph_mod.mermaid(graph) in doc
