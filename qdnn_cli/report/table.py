@@ -154,11 +154,17 @@ def plot(modes: list, table: pd.DataFrame, path: Path, title: str = "") -> None:
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[0 if pd.isna(p[2]) else p[2] for p in pts],
                     marker="o", capsize=3, label=label, **style)
     ax.set_xticks(range(len(xs)), [mode_label(m) for m in xs])
-    ax.set_xlabel("bit mode (weights and activations)")
+    _finish(fig, ax, path, "bit mode (weights and activations)", title or "accuracy per bit mode")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
+    """Axis labels, grid, title, the legend below the axes (never hiding a line), saved."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(title or "accuracy per bit mode")
-    # below the axes so it never hides a line
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
@@ -201,11 +207,4 @@ def plot_budget(curves: dict, path: Path, title: str = "") -> None:
     ticks = sorted({p[0] for points in curves.values() for p in points})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("training epochs (same data)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "accuracy against training budget")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, "training epochs (same data)", title or "accuracy against training budget")
