@@ -234,3 +234,16 @@ def test_a_private_statistics_run_trains_evaluates_searches_and_reports(tmp_path
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "bad2", "quant.bn=bit_specific",
                                                     "quant.bit_specific_bn=false"))
     assert r.exit_code == 2 and "contradicts" in r.output
+
+
+def test_mixed_configurations_are_not_cached_step_after_step():
+    """A mode batch caches each layer's slot settings per tuple of bit modes; per-layer
+    configurations are drawn anew every step and must not pile up in that cache."""
+    model, _, x, y = _pair("tiny", channels=1)
+    gen = random.Random(0)
+    layers = list(quantized_layers(model))
+    for _ in range(5):
+        steps = MODES + [random_config(layers, MODES, gen)]
+        _step(model, x, y, steps, QuantizableLoss(), True)
+    _step(model, x, y, MODES, QuantizableLoss(), True)
+    assert list(model.__dict__["_qdnn_slot_settings"]) == [tuple(MODES)]

@@ -243,12 +243,10 @@ class BitSpecificBN(nn.Module, _Switchable):
         if not self.private_stats:
             return self.bn[self._key](x)
         bn = self.bn[self._key]  # nn.BatchNorm's own update of its statistics, with the shared γ, β
-        momentum = bn.momentum
         if self.training:
             bn.num_batches_tracked.add_(1)
-            momentum = momentum if momentum is not None else 1.0 / float(bn.num_batches_tracked)
         return F.batch_norm(x, bn.running_mean, bn.running_var, self.weight, self.bias, self.training,
-                            momentum or 0.0, bn.eps)
+                            _momentum(bn) if self.training else 0.0, bn.eps)
 
     def _forward_slots(self, x, plan: SlotPlan):
         n = len(plan.settings)
@@ -262,7 +260,7 @@ class BitSpecificBN(nn.Module, _Switchable):
             var = _cat(bn.running_var for bn in norms)
             return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
         torch._foreach_add_([bn.num_batches_tracked for bn in norms], 1)
-        momentum = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked) for bn in norms]
+        momentum = [_momentum(bn) for bn in norms]
         c = first.num_features
         if len({id(bn) for bn in norms}) == n and len(set(momentum)) == 1:
             # each slot its own BN: the statistics update in the one call, then back to each BN
@@ -283,6 +281,12 @@ class BitSpecificBN(nn.Module, _Switchable):
                 bn.running_mean.lerp_(mean[i * c:(i + 1) * c].to(bn.running_mean.dtype), f)
                 bn.running_var.lerp_(var[i * c:(i + 1) * c].to(bn.running_var.dtype), f)
         return out
+
+
+def _momentum(bn) -> float:
+    """The factor of a training step's statistics update, as nn.BatchNorm computes it
+    (``momentum=None``: cumulative average over the batches seen; call after counting)."""
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
 
 
 # ----------------------------------------------------------------------------- slot helpers

@@ -40,10 +40,12 @@ class PackError(InputError):
 def _slot_settings(model: nn.Module, settings: tuple) -> list[tuple]:
     """Per switchable layer, what it runs in each slot: (w, a) bits or the BN key. Found
     by applying each setting in turn (one source of truth: :func:`apply_bits`), cached
-    per settings tuple."""
+    per tuple of bit modes."""
     cache = model.__dict__.setdefault("_qdnn_slot_settings", {})
     found = cache.get(settings)
     if found is None:
+        # per-layer configurations (mode_sampling=mixed) are new every step: never cached
+        cacheable = all(isinstance(x, (int, str)) for x in settings)
         layers = _switchables(model)
         per_layer: list[list] = [[] for _ in layers]
         previous = current_bit_mode(model)
@@ -54,7 +56,9 @@ def _slot_settings(model: nn.Module, settings: tuple) -> list[tuple]:
                     per_layer[i].append(m._key if isinstance(m, BitSpecificBN) else (m.w_bits, m.a_bits))
         finally:
             apply_bits(model, previous)
-        found = cache[settings] = [tuple(p) for p in per_layer]
+        found = [tuple(p) for p in per_layer]
+        if cacheable:
+            cache[settings] = found
     return found
 
 
