@@ -22,7 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def fail(message: str, code: int = 2):
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # a message's [brackets] are text
     raise typer.Exit(code)
 
 
@@ -207,6 +209,47 @@ def eval_cmd(
     from .commands import evaluate_run
 
     evaluate_run(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
+
+
+@app.command()
+@guarded
+def export(
+    target: Path = typer.Argument(..., help="run directory or checkpoint file"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="overrides of the run's config, e.g. data.root=..."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="bit modes to export, e.g. 2,4,32 (default: the trained ones)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="a per-layer bit configuration (YAML) to export too"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: RUN/export)"),
+    images: int = typer.Option(0, "--images", help="validation images for the parity check (0: all)"),
+    calibrate_bn: int = typer.Option(0, "--calibrate-bn", help="re-estimate BN of untrained modes from N training batches"),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+    bench: bool = typer.Option(False, "--bench", help="time every mode in ONNX Runtime afterwards (as bench-export)"),
+    threads: int = typer.Option(2, "--threads", help="ONNX Runtime threads for --bench"),
+):
+    """Export a trained run's bit modes to ONNX with integer convolutions (one file per
+    mode plus one switchable package), checked against qdnn's own predictions. Needs
+    the export extra: pip install 'qdnn[export]'.
+
+    Example: qdnn export runs/cifar100/20261128-160000 --modes 2,4,32 --out deploy/ --bench"""
+    from .commands import export_run
+
+    export_run(target, overrides or [], modes, config, out, images, calibrate_bn, checkpoint, force, bench, threads)
+
+
+@app.command("bench-export")
+@guarded
+def bench_export(
+    folder: Path = typer.Argument(..., help="a folder written by qdnn export"),
+    threads: int = typer.Option(2, "--threads", help="ONNX Runtime intra-op threads"),
+    repeats: int = typer.Option(20, "--repeats", help="timed runs per mode and batch size (median reported)"),
+):
+    """ONNX Runtime CPU latency of every exported mode at batch 1 and 32 against FP,
+    written into the folder's export.csv.
+
+    Example: qdnn bench-export deploy/ --threads 2 --repeats 50"""
+    from .commands import bench_export_dir
+
+    bench_export_dir(folder, threads, repeats)
 
 
 @app.command()

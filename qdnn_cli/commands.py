@@ -308,6 +308,56 @@ def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate
     return out
 
 
+# ----------------------------------------------------------------------------- export
+def export_run(target: Path, overrides: list[str], bits: str | None, config: Path | None, out: Path | None,
+               images: int, calibrate_bn: int, which: str, force: bool, bench: bool, threads: int) -> Path:
+    """``qdnn export``: every mode as an ONNX model with integer kernels, parity-checked;
+    ``--bench`` times them too."""
+    from rich.table import Table
+
+    from .export import ExportOptions, export_checkpoint, require_onnx
+
+    require_onnx()  # before anything is loaded
+    if images < 0:
+        raise ValueError(f"--images {images}: give a number of validation images >= 0 (0: all)")
+    if calibrate_bn < 0:
+        raise ValueError(f"--calibrate-bn {calibrate_bn}: give a number of training batches >= 0")
+    ck = resolve_checkpoint(target, which)
+    out = out or ck.parent / "export"
+    options = ExportOptions(parse_bits(bits) if bits else None, config, images, calibrate_bn,
+                            overrides=tuple(overrides), force=force)
+    summary = export_checkpoint(ck, out, options, say=console.print)
+    rows = summary["modes"]
+    if bench:
+        from .export.latency import bench_export
+
+        rows = bench_export(out, threads, say=console.print)
+    table = Table(title=f"{out} ({summary['parity_images']} validation images)")
+    columns = ["mode", "top-1 % ONNX", "top-1 % qdnn", "same argmax %", "integer layers", "ONNX bytes",
+               "packed bytes"] + (["ms batch 1", "ms batch 32"] if bench else [])
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in rows:
+        cells = [r["mode"], f"{r['top1_onnx']:.2f}", f"{r['top1_qdnn']:.2f}", f"{100 * r['argmax_agreement']:.2f}",
+                 f"{r['integer_layers']}/{r['integer_layers'] + r['float_layers']}", f"{r['onnx_bytes']:,}",
+                 f"{r['packed_total_bytes']:,}"]
+        if bench:
+            cells += [f"{r['latency_b1_ms']:.3f}", f"{r['latency_b32_ms']:.2f}"]
+        table.add_row(*cells)
+    console.print(table)
+    package = summary["package"]
+    console.print(f"switchable package: {out / package['file']} ({package['bytes']:,} bytes on disk for "
+                  f"{len(rows)} modes; float32 model {summary['fp32_model_bytes']:,} bytes)")
+    return out
+
+
+def bench_export_dir(folder: Path, threads: int, repeats: int) -> None:
+    from .export.latency import bench_export
+
+    bench_export(folder, threads, repeats, say=console.print)
+    console.print(f"written: {folder / 'export.csv'}")
+
+
 # ----------------------------------------------------------------------------- search
 def run_search(target: Path, overrides: list[str], budget_bops: str | None, budget_size_mb: str | None, candidates: int,
            seed: int, calibrate_bn: int, search_images: int, device: str, out: Path | None, rerank: int = 8,

@@ -22,7 +22,7 @@ FLOORS = [
     ("training engine", ["engine"]),
     ("configuration", ["config"]),
     ("trained runs", ["loaded_run"]),
-    ("tools on runs", ["report", "search", "launch", "bench"]),
+    ("tools on runs", ["report", "search", "launch", "bench", "export"]),
     ("commands", ["commands"]),
     ("command line", ["cli"]),
 ]

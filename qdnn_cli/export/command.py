@@ -1,0 +1,220 @@
+"""``qdnn export``: a trained run's modes as ONNX models with integer kernels, one
+switchable package, a parity check against qdnn's own evaluation, and sizes.
+
+Everything is written into a fresh folder beside the target and moved into place only
+when every mode has passed its parity check: a failed export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..quant import BitConfig, BitModeError, mode_label, model_modes, sort_modes
+from ..quant.mixed import apply_bits, check_config
+
+
+class ExportError(InputError):
+    """An export that cannot be made or that failed its parity check."""
+
+
+def require_onnx() -> None:
+    """The optional extra, imported only when exporting."""
+    missing = []
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ExportError(f"ONNX export needs {' and '.join(missing)}: pip install 'qdnn[export]'")
+
+
+@dataclass
+class ExportOptions:
+    modes: list | None = None          # None: the modes the run trained
+    config: Path | None = None         # a per-layer bit configuration, exported beside the modes
+    images: int = 0                    # validation images for the parity check (0: all)
+    calibrate_bn: int = 0              # training batches to re-estimate untrained modes' BN
+    tolerance: float = 0.1             # top-1 points the ONNX model may differ by
+    overrides: tuple = ()
+    force: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def file_label(setting) -> str:
+    """``fp``, ``4bit``, ``w2a4``: a mode's name in file names and tables."""
+    label = mode_label(setting)
+    return "fp" if label == "FP" else label.replace("-bit", "bit")
+
+
+def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) -> dict:
+    """Export ``ckpt``'s modes (and configuration) to ``out``; returns the summary that
+    ``export.json`` holds."""
+    require_onnx()
+    import onnx
+    import onnxruntime as ort
+
+    from ..data import build_data
+    from ..engine.evaluation import calibrate_bn
+    from ..engine.rundir import write_csv
+    from ..loaded_run import load_checkpoint_model
+    from .graph import GraphBuilder
+    from .lower import lower_model
+    from .package import PACKAGE_NAME, write_package
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not options.force:
+        raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+    bit_cfg = BitConfig.load(options.config) if options.config is not None else None
+    run = load_checkpoint_model(ckpt, set(options.modes or []), list(options.overrides), "cpu", bit_cfg)
+    model, cfg, trained = run.model, run.cfg, run.trained
+    modes = sort_modes(set(options.modes or trained), descending=True)
+    untrained = [m for m in model_modes(model) if m not in trained]
+    if untrained and options.calibrate_bn <= 0:
+        raise ExportError(f"bit modes {untrained} were never trained in this model (trained: {trained}); "
+                          "pass --calibrate-bn N to re-estimate their BN statistics from N training batches")
+    if bit_cfg is not None:
+        check_config(model, bit_cfg)
+    t = cfg.trainer
+    data = build_data(cfg.data, int(t.batch_size), int(t.eval_batch_size), torch.device("cpu"), int(cfg.seed))
+    if data.num_classes != int(run.checkpoint["num_classes"]):
+        raise ExportError(f"data has {data.num_classes} classes but the checkpoint was trained on "
+                          f"{run.checkpoint['num_classes']}")
+    for m in untrained:
+        calibrate_bn(model, data.train, m, options.calibrate_bn)
+    settings: list = list(modes)
+    if bit_cfg is not None:
+        if options.calibrate_bn > 0:
+            calibrate_bn(model, data.train, bit_cfg, options.calibrate_bn)
+        settings.append(bit_cfg)
+    images, labels = _validation_slice(data.val, options.images, data.num_val)
+    model.eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        rows, models, packed = [], {}, {}
+        for setting in settings:
+            label = "config" if isinstance(setting, BitConfig) else file_label(setting)
+            apply_bits(model, setting)
+            graph = GraphBuilder(f"qdnn-{label}")
+            logits_name, lowering = lower_model(model, graph, "images")
+            doc = (f"qdnn export of {ckpt} in {'configuration ' + options.config.name if label == 'config' else 'mode ' + label}; "
+                   "input: images normalised as in training, NCHW float32")
+            onnx_model = graph.model("images", tuple(images.shape[1:]), logits_name, data.num_classes, doc)
+            path = work / f"{label}.onnx"
+            onnx.save(onnx_model, path)
+            with torch.no_grad():
+                ours = torch.cat([model(images[i:i + 256]) for i in range(0, len(images), 256)]).numpy()
+            session = ort.InferenceSession(str(path), _session_options(ort, 2), providers=["CPUExecutionProvider"])
+            theirs = np.concatenate([session.run(None, {"images": images[i:i + 256].numpy()})[0]
+                                     for i in range(0, len(images), 256)])
+            row = _parity_row(label, ours, theirs, labels.numpy(), lowering, path)
+            if abs(row["top1_onnx"] - row["top1_qdnn"]) > options.tolerance:
+                raise ExportError(f"mode {label}: ONNX Runtime top-1 {row['top1_onnx']:.2f} % against qdnn's "
+                                  f"{row['top1_qdnn']:.2f} % on {len(labels)} images (tolerance {options.tolerance} points)")
+            say(f"{label}: top-1 {row['top1_onnx']:.2f} % in ONNX Runtime, {row['top1_qdnn']:.2f} % in qdnn, "
+                f"{100 * row['argmax_agreement']:.2f} % identical predictions, {row['onnx_bytes']:,} bytes")
+            rows.append(row)
+            models[label] = onnx_model
+            packed[label] = graph.packed
+        package = write_package(work / PACKAGE_NAME, models, packed)
+        fp_bytes = _fp_bytes(model)
+        for row in rows:
+            size = package["modes"][row["mode"]]
+            row.update(packed_weight_bytes=size.integer_weights, float_bytes=size.float_bytes,
+                       packed_total_bytes=size.total, integer_codes=size.integer_count,
+                       fp32_model_bytes=fp_bytes)
+        write_csv(work / "export.csv", rows)
+        summary = {
+            "checkpoint": str(ckpt), "epoch": run.checkpoint.get("epoch"), "model": run.checkpoint["model_name"],
+            "trained_modes": [str(m) for m in trained], "calibrated_modes": [str(m) for m in untrained],
+            "input_shape": list(images.shape[1:]), "normalisation": _normalisation(data.val),
+            "parity_images": int(len(labels)), "tolerance_points": options.tolerance,
+            "package": {"file": PACKAGE_NAME, "bytes": package["bytes"],
+                        "blob_bytes": package["blob_bytes"],
+                        "per_mode_total_bytes": sum(s.total for s in package["modes"].values())},
+            "fp32_model_bytes": fp_bytes, "modes": rows,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        if bit_cfg is not None:
+            shutil.copy(options.config, work / "config.yaml")
+        (work / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _validation_slice(loader, limit: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All validation images, or ``limit`` of them spread evenly over the split (a folder
+    split comes class by class: its first images would be a few classes only)."""
+    every = max(1, total // limit) if limit else 1
+    xs, ys, seen = [], [], 0
+    for x, y in loader:
+        pick = torch.arange(-seen % every, len(y), every)
+        seen += len(y)
+        xs.append(x.float()[pick].contiguous())
+        ys.append(y[pick])
+    if not xs or sum(len(y) for y in ys) == 0:
+        raise ExportError("the validation split is empty: the parity check needs images")
+    images, labels = torch.cat(xs), torch.cat(ys)
+    return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+def _session_options(ort, threads: int):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def _parity_row(label: str, ours: np.ndarray, theirs: np.ndarray, labels: np.ndarray, lowering, path: Path) -> dict:
+    agree = ours.argmax(1) == theirs.argmax(1)
+    return {
+        "mode": label,
+        "top1_qdnn": round(100 * float((ours.argmax(1) == labels).mean()), 4),
+        "top1_onnx": round(100 * float((theirs.argmax(1) == labels).mean()), 4),
+        "argmax_agreement": round(float(agree.mean()), 6),
+        "max_logit_diff": float(np.abs(ours - theirs).max()),
+        "integer_layers": lowering.int_layers,
+        "float_layers": lowering.float_layers,
+        "onnx_bytes": path.stat().st_size,
+    }
+
+
+def _fp_bytes(model) -> int:
+    """Bytes of the model's parameters a plain float32 network of this architecture stores
+    (one BN, no quantizer parameters): what the FP export is measured against."""
+    total = 0
+    for name, p in model.named_parameters():
+        if ".weight_quant." in name or ".act_quant." in name:
+            continue
+        if ".bn." in name and not name.split(".bn.")[1].startswith(str(model_modes(model)[-1]) + "."):
+            continue  # one BN's worth, not one per mode
+        total += p.numel() * 4
+    return total
+
+
+def _normalisation(loader) -> dict | None:
+    mean, inv_std = getattr(loader, "mean", None), getattr(loader, "inv_std", None)
+    if mean is None or inv_std is None:
+        return None
+    std = 1.0 / inv_std
+    return {"pixel_scale": "uint8 / 255", "mean": [round(float(v) / 255, 6) for v in mean.flatten()],
+            "std": [round(float(v) / 255, 6) for v in std.flatten()]}
+
+
+__all__ = ["ExportOptions", "ExportError", "export_checkpoint", "require_onnx", "BitModeError"]

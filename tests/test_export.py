@@ -1,0 +1,233 @@
+"""qdnn export: integer ONNX models per mode, the switchable package, parity, sizes, bad input."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from helpers import qdnn, read_csv
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from qdnn_cli.export import ExportError, ExportOptions, export_checkpoint  # noqa: E402
+from qdnn_cli.export.graph import GraphBuilder  # noqa: E402
+from qdnn_cli.export.integer import NoIntegerForm, bit_pack, bit_unpack, weight_integer_form  # noqa: E402
+from qdnn_cli.export.lower import lower_model  # noqa: E402
+from qdnn_cli.export.package import mode_model  # noqa: E402
+from qdnn_cli.loaded_run import load_checkpoint_model  # noqa: E402
+from qdnn_cli.models import build_model  # noqa: E402
+from qdnn_cli.quant import QConv2d, QLinear, QuantSpec, set_bit_mode  # noqa: E402
+
+MODES = ["2", "4", "8", "32"]
+LABELS = {"2": "2bit", "4": "4bit", "8": "8bit", "32": "fp"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny quantizable run (modes 2/4/8/FP), trained for two epochs."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    r = qdnn("train", "quickstart", *tiny_overrides(out, "quant.bits=[2,4,8,32]"))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    out = trained.parent / "deploy"
+    r = qdnn("export", trained, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _session(path, optimized=None):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def test_every_mode_predicts_as_qdnn_does(trained, exported):
+    rows = {r["mode"]: r for r in read_csv(exported / "export.csv")}
+    assert set(rows) == set(LABELS.values())
+    run = load_checkpoint_model(trained / "checkpoint.pt", set())
+    x = torch.randn(24, 3, 8, 8)
+    for mode, label in LABELS.items():
+        r = rows[label]
+        assert abs(float(r["top1_onnx"]) - float(r["top1_qdnn"])) <= 0.1
+        set_bit_mode(run.model, int(mode))
+        with torch.no_grad():
+            ours = run.model(x).numpy()
+        theirs = _session(exported / f"{label}.onnx").run(None, {"images": x.numpy()})[0]
+        assert np.abs(ours - theirs).max() <= 1e-4 * max(1.0, np.abs(ours).max()), label
+        assert (ours.argmax(1) == theirs.argmax(1)).all(), label
+
+
+def test_quantized_modes_run_integer_convolutions_after_optimisation(exported, tmp_path):
+    for label in LABELS.values():
+        optimized = tmp_path / f"{label}.opt.onnx"
+        _session(exported / f"{label}.onnx", optimized)
+        ops = [n.op_type for n in onnx.load(optimized).graph.node]
+        float_convs = sum(op in ("Conv", "FusedConv") for op in ops)  # FusedConv: a Conv with its ReLU
+        if label == "fp":
+            assert "ConvInteger" not in ops and float_convs == 3
+        else:
+            # the tiny net: conv1 (full precision: the first layer) and conv2, conv3 quantized;
+            # 8-bit codes need a second, one-channel ConvInteger per layer (the window sums)
+            assert ops.count("ConvInteger") == (4 if label == "8bit" else 2), ops
+            assert float_convs == 1, ops
+
+
+def test_sizes_equal_a_hand_count(exported):
+    rows = {r["mode"]: r for r in read_csv(exported / "export.csv")}
+    conv2, conv3 = 8 * 16 * 9, 16 * 16 * 9  # width 8: conv2 8->16, conv3 16->16, 3x3
+    for bits, label in ((2, "2bit"), (4, "4bit"), (8, "8bit")):
+        assert int(rows[label]["integer_codes"]) == conv2 + conv3
+        assert int(rows[label]["packed_weight_bytes"]) == math.ceil(conv2 * bits / 8) + math.ceil(conv3 * bits / 8)
+    assert int(rows["fp"]["packed_weight_bytes"]) == 0
+    summary = json.loads((exported / "export.json").read_text())
+    assert summary["package"]["bytes"] == (exported / "switchable.npz").stat().st_size
+
+
+def test_the_package_rebuilds_every_mode_exactly(exported):
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    for label in LABELS.values():
+        alone = onnx.load(exported / f"{label}.onnx")
+        rebuilt = mode_model(exported / "switchable.npz", label)
+        a = {i.name: onnx.numpy_helper.to_array(i) for i in alone.graph.initializer}
+        b = {i.name: onnx.numpy_helper.to_array(i) for i in rebuilt.graph.initializer}
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (label, k)
+        y1 = _session(exported / f"{label}.onnx").run(None, {"images": x})[0]
+        y2 = ort.InferenceSession(rebuilt.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+        assert np.array_equal(y1, y2)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_bit_packing_round_trips(bits):
+    values = np.random.default_rng(bits).integers(0, 2**bits, 1001).astype(np.uint8)
+    data = bit_pack(values, bits)
+    assert len(data) == math.ceil(1001 * bits / 8)
+    assert np.array_equal(bit_unpack(data, bits, 1001), values)
+
+
+@pytest.mark.parametrize("name,weight,act,first_last", [
+    ("resnet20", "dorefa", "pact", False),
+    ("preact_resnet20", "lsq", "lsq", False),
+    ("cifar_resnet18", "dorefa", "dorefa", True),
+    ("tiny", "dorefa", "dorefa", True),
+])
+def test_each_architecture_and_quantizer_lowers_to_the_same_function(name, weight, act, first_last):
+    torch.manual_seed(0)
+    spec = QuantSpec((2, 8, 32), weight, act, weight_scale="mean_abs" if weight == "dorefa" else "none",
+                     quantize_first_last=first_last, quantize_shortcut=name == "preact_resnet20")
+    model = build_model(name, spec, 10, 3)
+    x = torch.randn(6, 3, 16, 16)
+    model.train()
+    for mode in spec.modes:  # BN statistics and LSQ steps from data
+        set_bit_mode(model, mode)
+        with torch.no_grad():
+            model(x)
+    model.eval()
+    for mode in spec.modes:
+        set_bit_mode(model, mode)
+        graph = GraphBuilder("m")
+        logits, lowering = lower_model(model, graph, "images")
+        session = ort.InferenceSession(graph.model("images", (3, 16, 16), logits, 10, "").SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            ours = model(x).numpy()
+        theirs = session.run(None, {"images": x.numpy()})[0]
+        # exact up to float summation order (a rounding level may flip now and then)
+        assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 5 / 6, (name, mode)
+        assert np.abs(ours - theirs).mean() <= 0.05 * np.abs(ours).mean() + 1e-6, (name, mode)
+        if mode != 32:
+            assert lowering.int_layers > 0
+            if first_last:  # float: conv1 (weight-only: its input is the image) and unquantized shortcuts
+                plain = sum(not m.quantize for m in model.modules() if isinstance(m, (QConv2d, QLinear)))
+                assert lowering.float_layers == plain + 1
+
+
+def test_a_quantizer_without_integer_form_is_named():
+    class Odd(torch.nn.Module):
+        def forward(self, w, bits):
+            return w
+
+    with pytest.raises(NoIntegerForm, match="layer1.conv: weight quantizer Odd has no integer form"):
+        weight_integer_form(Odd(), torch.randn(4, 4), 4, "layer1.conv")
+
+
+def test_untrained_mode_needs_calibration_and_leaves_nothing(trained, tmp_path):
+    out = tmp_path / "deploy"
+    r = qdnn("export", trained, "--modes", "3,32", "--out", out)
+    assert r.exit_code == 2
+    assert "never trained" in r.output and "--calibrate-bn" in r.output and "Traceback" not in r.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    r = qdnn("export", trained, "--modes", "3,32", "--calibrate-bn", "2", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["3bit.onnx", "fp.onnx"]
+
+
+def test_a_mixed_configuration_exports_beside_the_modes(trained, tmp_path):
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text("default: w4a4\nlayers:\n  conv2: w2a8\n")
+    out = tmp_path / "deploy"
+    r = qdnn("export", trained, "--modes", "4", "--config", cfg, "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = {r["mode"]: r for r in read_csv(out / "export.csv")}
+    assert set(rows) == {"4bit", "config"}
+    assert abs(float(rows["config"]["top1_onnx"]) - float(rows["config"]["top1_qdnn"])) <= 0.1
+    assert int(rows["config"]["packed_weight_bytes"]) == math.ceil(8 * 16 * 9 * 2 / 8) + math.ceil(16 * 16 * 9 * 4 / 8)
+
+
+def test_a_failed_parity_check_names_the_mode_and_writes_nothing(trained, tmp_path):
+    out = tmp_path / "deploy"
+    with pytest.raises(ExportError, match=r"^mode fp: ONNX Runtime top-1"):
+        export_checkpoint(trained / "checkpoint.pt", out, ExportOptions(tolerance=-1.0), say=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_is_kept_without_force(trained, exported):
+    before = sorted(p.name for p in exported.iterdir())
+    r = qdnn("export", trained, "--out", exported)
+    assert r.exit_code == 2 and "--force" in r.output
+    assert sorted(p.name for p in exported.iterdir()) == before
+
+
+def test_a_missing_extra_is_one_line(trained, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    r = qdnn("export", trained, "--out", tmp_path / "deploy")
+    assert r.exit_code == 2
+    assert "pip install 'qdnn[export]'" in r.output and len(r.output.strip().splitlines()) <= 2
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_bench_export_writes_latency_per_mode(trained, tmp_path):
+    out = tmp_path / "deploy"
+    assert qdnn("export", trained, "--modes", "2,32", "--out", out).exit_code == 0
+    r = qdnn("bench-export", out, "--repeats", "2", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    rows = {r["mode"]: r for r in read_csv(out / "export.csv")}
+    for row in rows.values():
+        assert float(row["latency_b1_ms"]) > 0 and float(row["latency_b32_ms"]) > 0
+        assert row["bench_threads"] == "1"
+    assert float(rows["fp"]["latency_b1_vs_fp"]) == 1.0
+    assert "top1_onnx" in rows["2bit"]  # the parity columns stay
+    bad = qdnn("bench-export", tmp_path)
+    assert bad.exit_code == 2 and "not a qdnn export" in bad.output
