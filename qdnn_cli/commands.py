@@ -80,7 +80,7 @@ def _train_one(experiment, overrides, quiet_config, group, leaf, resume_latest, 
 
 
 # ----------------------------------------------------------------------------- grids
-def parse_bits(text: str) -> list:
+def parse_bits(text: str, flag: str = "--bits") -> list:
     from .quant import parse_mode
 
     bits = []
@@ -88,10 +88,10 @@ def parse_bits(text: str) -> list:
         try:
             bits.append(parse_mode(b))
         except ValueError:
-            raise ValueError(f"--bits {text!r}: {b!r} is not a bit mode; give a comma-separated list of bit "
+            raise ValueError(f"{flag} {text!r}: {b!r} is not a bit mode; give a comma-separated list of bit "
                              "modes, each 1-8, 32 or wXaY (e.g. w2a4)") from None
     if not bits:
-        raise ValueError("--bits is empty")
+        raise ValueError(f"{flag} is empty")
     return bits
 
 
@@ -324,7 +324,7 @@ def export_run(target: Path, overrides: list[str], bits: str | None, config: Pat
         raise ValueError(f"--calibrate-bn {calibrate_bn}: give a number of training batches >= 0")
     ck = resolve_checkpoint(target, which)
     out = out or ck.parent / "export"
-    options = ExportOptions(parse_bits(bits) if bits else None, config, images, calibrate_bn,
+    options = ExportOptions(parse_bits(bits, "--modes") if bits else None, config, images, calibrate_bn,
                             overrides=tuple(overrides), force=force)
     summary = export_checkpoint(ck, out, options, say=console.print)
     rows = summary["modes"]

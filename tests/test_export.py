@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -231,3 +232,16 @@ def test_bench_export_writes_latency_per_mode(trained, tmp_path):
     assert "top1_onnx" in rows["2bit"]  # the parity columns stay
     bad = qdnn("bench-export", tmp_path)
     assert bad.exit_code == 2 and "not a qdnn export" in bad.output
+
+
+def test_the_report_adds_size_on_disk_and_latency_rows(trained):
+    r = qdnn("export", trained, "--modes", "2,32", "--bench")  # default folder: RUN/export
+    assert r.exit_code == 0, r.output
+    rows = {r["mode"]: r for r in read_csv(trained / "export" / "export.csv")}
+    r = qdnn("report", trained)
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if "exported, bit-packed weights (KB)" in x)
+    assert f"{int(rows['2bit']['packed_total_bytes']) / 1000:.3f}" in line
+    assert "ONNX Runtime CPU latency, batch 32 (ms)" in r.output
+    shutil.rmtree(trained / "export")
+    assert "exported" not in qdnn("report", trained).output

@@ -101,8 +101,37 @@ def cost_rows(run: RunRecord, modes: list) -> pd.DataFrame:
         return pd.DataFrame()
     info = json.loads(info_path.read_text())
     cost = model_cost(run.config, info["num_classes"], info["in_channels"], info["image_size"], modes)
-    return pd.DataFrame([_row("model size (MB)", "", "", True, "cost", {m: cost[m]["size_mb"] for m in modes}),
-                         _row("BOPs (G)", "", "", True, "cost", {m: cost[m]["bops"] / 1e9 for m in modes})])
+    rows = [_row("model size (MB)", "", "", True, "cost", {m: cost[m]["size_mb"] for m in modes}),
+            _row("BOPs (G)", "", "", True, "cost", {m: cost[m]["bops"] / 1e9 for m in modes})]
+    return pd.DataFrame(rows + export_rows(run.path / "export" / "export.csv", modes))
+
+
+# export.csv column -> report row, for a run exported to RUN/export (`qdnn export`)
+EXPORT_ROWS = {
+    "packed_total_bytes": ("exported, bit-packed weights (KB)", 1 / 1000),
+    "onnx_bytes": ("exported ONNX file (KB)", 1 / 1000),
+    "latency_b1_ms": ("ONNX Runtime CPU latency, batch 1 (ms)", 1.0),
+    "latency_b32_ms": ("ONNX Runtime CPU latency, batch 32 (ms)", 1.0),
+}
+
+
+def export_rows(path: Path, modes: list) -> list[dict]:
+    """Size on disk and latency per mode from an export's ``export.csv`` (none without one)."""
+    if not path.is_file():
+        return []
+    try:
+        table = pd.read_csv(path)
+        by_mode = {mode_from_label(str(r["mode"]).replace("bit", "-bit") if r["mode"] != "fp" else "FP"): r
+                   for _, r in table.iterrows() if r["mode"] != "config"}
+    except (ValueError, KeyError, pd.errors.ParserError):
+        return []
+    rows = []
+    for column, (label, factor) in EXPORT_ROWS.items():
+        if column in table:
+            values = {m: float(by_mode[m][column]) * factor for m in modes if m in by_mode and pd.notna(by_mode[m][column])}
+            if values:
+                rows.append(_row(label, "", "", True, "cost", values))
+    return rows
 
 
 def _fmt(row: pd.Series, m: int) -> str:
