@@ -92,6 +92,11 @@ def test_sizes_equal_a_hand_count(exported):
         assert int(rows[label]["integer_codes"]) == conv2 + conv3
         assert int(rows[label]["packed_weight_bytes"]) == math.ceil(conv2 * bits / 8) + math.ceil(conv3 * bits / 8)
     assert int(rows["fp"]["packed_weight_bytes"]) == 0
+    # in the .onnx files: codes of up to 4 bits two per byte, 8-bit ones a byte each
+    for label, per_code in (("2bit", 0.5), ("4bit", 0.5), ("8bit", 1)):
+        stored = [i for i in onnx.load(exported / f"{label}.onnx").graph.initializer if ".weight_" in i.name
+                  and i.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+        assert sorted(len(i.raw_data) for i in stored) == [math.ceil(conv2 * per_code), math.ceil(conv3 * per_code)]
     summary = json.loads((exported / "export.json").read_text())
     assert summary["package"]["bytes"] == (exported / "switchable.npz").stat().st_size
 

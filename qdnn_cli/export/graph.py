@@ -50,14 +50,27 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def codes(self, weight: IntegerWeight, hint: str, transpose: bool = False, dtype=None) -> str:
-        """The weight's integer codes as an initializer (int8 when they fit), remembered as
-        packable at the weight's bit-width."""
-        codes = weight.codes.T.copy() if transpose else weight.codes
-        dtype = dtype or (np.int8 if weight.fits_int8 else np.int16)
-        name = self.const(codes.astype(dtype), f"{hint}.weight_q")
-        self.packed[name] = PackedCodes(weight.bits, weight.offset, weight.stride)
-        return name
+    def codes(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
+        """The weight's integer codes, int8 when they fit (int16 otherwise). Codes of at
+        most 4 bits are stored as their levels in ONNX's packed 4-bit type (two per
+        byte) and decoded in the graph (``offset + stride·p``, cast to int8), which
+        ONNX Runtime folds into a constant when it loads the model: the file is half
+        the size and the kernel the same."""
+        dtype = np.int8 if weight.fits_int8 else np.int16
+        if weight.bits > 4:
+            codes = weight.codes.T.copy() if transpose else weight.codes
+            name = self.const(codes.astype(dtype), f"{hint}.weight_q")
+            self.packed[name] = PackedCodes(weight.bits, weight.offset, weight.stride)
+            return name
+        levels = weight.packed.T.copy() if transpose else weight.packed
+        name = self._unique(f"{hint}.weight_level4")
+        uint4 = helper.tensor_dtype_to_np_dtype(TensorProto.UINT4)
+        self.initializers.append(numpy_helper.from_array(levels.astype(uint4), name))  # raw bytes, two levels each
+        self.packed[name] = PackedCodes(weight.bits, 0, 1)
+        wide = self.op("Cast", [name], f"{hint}.weight_level", to=TensorProto.INT32)
+        scaled = self.op("Mul", [wide, self.const(np.array(weight.stride, np.int32), f"{hint}.code_stride")], f"{hint}.code_scaled")
+        codes = self.op("Add", [scaled, self.const(np.array(weight.offset, np.int32), f"{hint}.code_offset")], f"{hint}.code")
+        return self.op("Cast", [codes], f"{hint}.weight_q", to=TensorProto.INT8 if dtype is np.int8 else TensorProto.INT16)
 
     def levels(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
         """The weight's level indices ``p`` (codes = offset + stride·p) as uint8."""

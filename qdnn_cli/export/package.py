@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .integer import bit_pack, bit_unpack, packed_bytes
 
@@ -82,7 +82,7 @@ def write_package(path: Path, models: dict[str, onnx.ModelProto], packed: dict[s
                 entry = {}
             key = _blob_key(data)
             blobs.setdefault(key, data)
-            entries.append({"name": init.name, "dtype": arr.dtype.str, "shape": list(arr.shape), "blob": key, **entry})
+            entries.append({"name": init.name, "type": init.data_type, "shape": list(arr.shape), "blob": key, **entry})
         skeleton = onnx.ModelProto()
         skeleton.CopyFrom(model)
         del skeleton.graph.initializer[:]
@@ -116,7 +116,7 @@ def mode_model(path: Path, label: str) -> onnx.ModelProto:
         model = onnx.load_model_from_string(z[manifest["graphs"][label]].tobytes())
         for entry in manifest["modes"][label]:
             data = z[f"blob_{entry['blob']}"].tobytes()
-            dtype, shape = np.dtype(entry["dtype"]), entry["shape"]
+            dtype, shape = helper.tensor_dtype_to_np_dtype(entry["type"]), entry["shape"]
             count = int(np.prod(shape)) if shape else 1
             if "packed" in entry:
                 bits, offset, stride = entry["packed"]
