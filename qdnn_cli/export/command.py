@@ -71,6 +71,8 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
     from .package import PACKAGE_NAME, write_package
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder")
     if out.exists() and any(out.iterdir()) and not options.force:
         raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
     bit_cfg = BitConfig.load(options.config) if options.config is not None else None
