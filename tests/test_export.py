@@ -74,15 +74,19 @@ def test_quantized_modes_run_integer_convolutions_after_optimisation(exported, t
     for label in LABELS.values():
         optimized = tmp_path / f"{label}.opt.onnx"
         _session(exported / f"{label}.onnx", optimized)
-        ops = [n.op_type for n in onnx.load(optimized).graph.node]
+        graph = onnx.load(optimized).graph
+        ops = [n.op_type for n in graph.node]
         float_convs = sum(op in ("Conv", "FusedConv") for op in ops)  # FusedConv: a Conv with its ReLU
         if label == "fp":
             assert "ConvInteger" not in ops and float_convs == 3
         else:
             # the tiny net: conv1 (full precision: the first layer) and conv2, conv3 quantized;
-            # 8-bit codes need a second, one-channel ConvInteger per layer (the window sums)
-            assert ops.count("ConvInteger") == (4 if label == "8bit" else 2), ops
+            # DoReFa's odd codes take a second, one-channel ConvInteger per layer (window sums)
+            assert ops.count("ConvInteger") == 4, ops
             assert float_convs == 1, ops
+            # the weights reach the kernel as constants: their decoding was folded at load
+            constants = {i.name for i in graph.initializer}
+            assert all(n.input[1] in constants for n in graph.node if n.op_type == "ConvInteger")
 
 
 def test_sizes_equal_a_hand_count(exported):

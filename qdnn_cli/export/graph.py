@@ -50,34 +50,29 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def codes(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
-        """The weight's integer codes, int8 when they fit (int16 otherwise). Codes of at
-        most 4 bits are stored as their levels in ONNX's packed 4-bit type (two per
-        byte) and decoded in the graph (``offset + stride·p``, cast to int8), which
-        ONNX Runtime folds into a constant when it loads the model: the file is half
-        the size and the kernel the same."""
-        dtype = np.int8 if weight.fits_int8 else np.int16
-        if weight.bits > 4:
-            codes = weight.codes.T.copy() if transpose else weight.codes
-            name = self.const(codes.astype(dtype), f"{hint}.weight_q")
-            self.packed[name] = PackedCodes(weight.bits, weight.offset, weight.stride)
-            return name
-        levels = weight.packed.T.copy() if transpose else weight.packed
-        name = self._unique(f"{hint}.weight_level4")
-        uint4 = helper.tensor_dtype_to_np_dtype(TensorProto.UINT4)
-        self.initializers.append(numpy_helper.from_array(levels.astype(uint4), name))  # raw bytes, two levels each
-        self.packed[name] = PackedCodes(weight.bits, 0, 1)
-        wide = self.op("Cast", [name], f"{hint}.weight_level", to=TensorProto.INT32)
+    def codes(self, weight: IntegerWeight, hint: str) -> str:
+        """The weight's signed codes (int8, int16 for 8-bit DoReFa's ±255), decoded in the
+        graph from its stored levels (``offset + stride·p``): constant nodes that ONNX
+        Runtime folds when it loads the model."""
+        wide = self.op("Cast", [self.levels(weight, hint)], f"{hint}.level_wide", to=TensorProto.INT32)
         scaled = self.op("Mul", [wide, self.const(np.array(weight.stride, np.int32), f"{hint}.code_stride")], f"{hint}.code_scaled")
         codes = self.op("Add", [scaled, self.const(np.array(weight.offset, np.int32), f"{hint}.code_offset")], f"{hint}.code")
-        return self.op("Cast", [codes], f"{hint}.weight_q", to=TensorProto.INT8 if dtype is np.int8 else TensorProto.INT16)
+        return self.op("Cast", [codes], f"{hint}.weight_q", to=TensorProto.INT8 if weight.fits_int8 else TensorProto.INT16)
 
     def levels(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
-        """The weight's level indices ``p`` (codes = offset + stride·p) as uint8."""
+        """The weight's levels ``p`` (codes = offset + stride·p) as uint8: stored two per
+        byte (ONNX's packed 4-bit type, cast in the graph and folded at load) when they
+        take at most 4 bits, a byte each otherwise."""
         levels = weight.packed.T.copy() if transpose else weight.packed
-        name = self.const(levels, f"{hint}.weight_level")
+        if weight.bits > 4:
+            name = self.const(levels, f"{hint}.weight_level")
+            self.packed[name] = PackedCodes(weight.bits, 0, 1)
+            return name
+        name = self._unique(f"{hint}.weight_level4")
+        uint4 = helper.tensor_dtype_to_np_dtype(TensorProto.UINT4)
+        self.initializers.append(numpy_helper.from_array(levels.astype(uint4), name))
         self.packed[name] = PackedCodes(weight.bits, 0, 1)
-        return name
+        return self.op("Cast", [name], f"{hint}.weight_level", to=TensorProto.UINT8)
 
     # ------------------------------------------------------------------ activations
     def quantize(self, x: str, grid: ActGrid, hint: str) -> str:
@@ -102,27 +97,35 @@ class GraphBuilder:
     # ------------------------------------------------------------------ layers
     def integer_conv(self, xq: str, grid: ActGrid, weight: IntegerWeight, hint: str, out_scale: np.ndarray,
                      out_bias: np.ndarray, **conv) -> str:
-        """``ConvInteger`` on uint8 activations, then per channel ``· out_scale + out_bias``
-        (``out_scale`` already holds the activation and weight scales)."""
+        """``ConvInteger`` of uint8 activations and uint8 weight levels, then per channel
+        ``· out_scale + out_bias`` (``out_scale`` holds the activation and weight scales).
+
+        The weights go in as their levels ``p`` (codes ``c = offset + stride·p``), not as
+        int8 codes: ONNX Runtime's uint8 × uint8 kernel measured twice as fast as its
+        uint8 × int8 one on this project's CPU (experiments/export), and 8-bit DoReFa codes
+        (odd, up to ±255) fit no int8 anyway. With ``stride`` 1 (LSQ) the offset is the
+        kernel's weight zero point; with 2 (DoReFa's odd codes) ``Σx·c = 2·Σx·p + offset·Σx``,
+        the window sums ``Σx`` from a one-output-channel ``ConvInteger`` of ones."""
+        return self._integer_op("ConvInteger", xq, weight, hint, (1, -1, 1, 1), out_scale, out_bias,
+                                np.ones((1, *weight.codes.shape[1:]), np.uint8), False, **conv)
+
+    def _integer_op(self, op: str, xq: str, weight: IntegerWeight, hint: str, shape: tuple, out_scale: np.ndarray,
+                    out_bias: np.ndarray, ones: np.ndarray, transpose: bool, **attrs) -> str:
         zero_x = self.const(np.array(0, np.uint8), f"{hint}.x_zero")
-        if weight.fits_int8:
-            w = self.codes(weight, hint)
-            acc = self.op("ConvInteger", [xq, w, zero_x], f"{hint}.conv_int", **conv)
+        p = self.levels(weight, hint, transpose)
+        if weight.stride == 1 and 0 <= -weight.offset <= 255:
+            zero_w = self.const(np.array(-weight.offset, np.uint8), f"{hint}.w_zero")
+            acc = self.op(op, [xq, p, zero_x, zero_w], f"{hint}.{op}", **attrs)
         else:
-            # codes beyond int8 (8-bit DoReFa: odd codes up to ±255) are stored as their
-            # uint8 level p, codes = offset + stride·p, so Σx·c = stride·Σx·p + offset·Σx
-            # with Σx over each window (a one-channel ConvInteger of ones): still integer
-            if conv.get("group", 1) != 1:
-                raise ValueError(f"{hint}: 8-bit codes in a grouped convolution are not supported")
-            p = self.levels(weight, hint)
-            ones = self.const(np.ones((1, *weight.codes.shape[1:]), np.uint8), f"{hint}.window_ones")
-            levels = self.op("ConvInteger", [xq, p, zero_x], f"{hint}.conv_int", **conv)
-            window = self.op("ConvInteger", [xq, ones, zero_x], f"{hint}.window_sum", **conv)
+            if attrs.get("group", 1) != 1:
+                raise ValueError(f"{hint}: DoReFa codes in a grouped convolution are not supported")
+            levels = self.op(op, [xq, p, zero_x], f"{hint}.{op}", **attrs)
+            window = self.op(op, [xq, self.const(ones, f"{hint}.window_ones"), zero_x], f"{hint}.window_sum", **attrs)
             acc = self.op("Add", [self.op("Mul", [levels, self.const(np.array(weight.stride, np.int32), f"{hint}.stride")],
                                           f"{hint}.scaled_levels"),
                                   self.op("Mul", [window, self.const(np.array(weight.offset, np.int32), f"{hint}.offset")],
                                           f"{hint}.offset_sum")], f"{hint}.acc")
-        return self._rescale(acc, out_scale.reshape(1, -1, 1, 1), out_bias.reshape(1, -1, 1, 1), hint)
+        return self._rescale(acc, out_scale.reshape(shape), out_bias.reshape(shape), hint)
 
     def _rescale(self, acc: str, scale: np.ndarray, bias: np.ndarray, hint: str) -> str:
         as_float = self.op("Cast", [acc], f"{hint}.acc_float", to=TensorProto.FLOAT)
@@ -146,20 +149,9 @@ class GraphBuilder:
         return self.op("Conv", [x, w, self.const(bias.astype(np.float32), f"{hint}.bias")], f"{hint}.out", **conv)
 
     def integer_linear(self, xq: str, weight: IntegerWeight, hint: str, out_scale: np.ndarray, out_bias: np.ndarray) -> str:
-        zero_x = self.const(np.array(0, np.uint8), f"{hint}.x_zero")
-        if weight.fits_int8:
-            w = self.codes(weight, hint, transpose=True)
-            acc = self.op("MatMulInteger", [xq, w, zero_x], f"{hint}.matmul_int")
-        else:
-            p = self.levels(weight, hint, transpose=True)
-            ones = self.const(np.ones((weight.codes.shape[1], 1), np.uint8), f"{hint}.row_ones")
-            levels = self.op("MatMulInteger", [xq, p, zero_x], f"{hint}.matmul_int")
-            total = self.op("MatMulInteger", [xq, ones, zero_x], f"{hint}.row_sum")
-            acc = self.op("Add", [self.op("Mul", [levels, self.const(np.array(weight.stride, np.int32), f"{hint}.stride")],
-                                          f"{hint}.scaled_levels"),
-                                  self.op("Mul", [total, self.const(np.array(weight.offset, np.int32), f"{hint}.offset")],
-                                          f"{hint}.offset_sum")], f"{hint}.acc")
-        return self._rescale(acc, out_scale.reshape(1, -1), out_bias.reshape(1, -1), hint)
+        """``MatMulInteger`` as :meth:`integer_conv` does it (window sums: row sums)."""
+        return self._integer_op("MatMulInteger", xq, weight, hint, (1, -1), out_scale, out_bias,
+                                np.ones((weight.codes.shape[1], 1), np.uint8), True)
 
     def float_linear(self, x: str, weight: np.ndarray, bias: np.ndarray, hint: str) -> str:
         return self.op("Gemm", [x, self.const(weight.astype(np.float32), f"{hint}.weight"),
