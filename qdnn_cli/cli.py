@@ -313,7 +313,7 @@ def reproduce(
     overrides: Optional[List[str]] = typer.Argument(None, help="overrides for every run, e.g. trainer.epochs=5"),
     seeds: int = typer.Option(1, "--seeds", help="number of seeds (0..N-1)"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where runs go (default runs/<name>/reproduce)"),
-    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="where the report goes (default experiments/<name>)"),
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="where the report goes (default experiments/<name>; with --grid, the runs folder)"),
     grid: str = typer.Option("reproduce", "--grid", help="variants: conf/grid/NAME.yaml or a YAML file"),
     launcher=None,
 ):

@@ -255,7 +255,9 @@ def run_reproduction(experiment: str, overrides: list[str], seeds: int, runs_dir
     plans = {f"seed{seed}/{leaf}": extra + [f"seed={seed}"] for leaf, extra in variants.items()
              for seed in range(seeds)}
     run_group(experiment, plans, group, overrides, launcher=launcher)
-    rdir = report_dir or Path("experiments") / cfg.name
+    # the experiment's own table only for its own grid: a side grid (equal_compute, bn, ...)
+    # reports beside its runs rather than over experiments/<name>/results.*
+    rdir = report_dir or (Path("experiments") / cfg.name if grid == "reproduce" else group)
     ref = rdir / "reference.csv"
     text = build_report([group], "markdown", rdir / "results.md", rdir / "results.png",
                         str(ref) if ref.is_file() else None)

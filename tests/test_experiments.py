@@ -295,3 +295,12 @@ def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
     r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "budget.png")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reproduce_of_a_side_grid_reports_beside_its_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # experiments/<name> would be created here if the report went there
+    r = qdnn("reproduce", "quickstart", *tiny_overrides(tmp_path / "unused", "trainer.epochs=1", "quant.bits=[2,32]"),
+             "--grid", "budget", "--runs-dir", tmp_path / "runs")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "results.md").exists() and (tmp_path / "runs" / "results.csv").exists()
+    assert not (tmp_path / "experiments").exists()
