@@ -10,14 +10,14 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..quant import BitConfig, BitModeError, mode_label, model_modes, sort_modes
+from ..quant import BitConfig, mode_label, model_modes, sort_modes
 from ..quant.mixed import apply_bits, check_config
 
 
@@ -46,7 +46,6 @@ class ExportOptions:
     tolerance: float = 0.1             # top-1 points the ONNX model may differ by
     overrides: tuple = ()
     force: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def file_label(setting) -> str:
@@ -219,4 +218,4 @@ def _normalisation(loader) -> dict | None:
             "std": [round(float(v) / 255, 6) for v in std.flatten()]}
 
 
-__all__ = ["ExportOptions", "ExportError", "export_checkpoint", "require_onnx", "BitModeError"]
+__all__ = ["ExportOptions", "ExportError", "export_checkpoint", "require_onnx"]

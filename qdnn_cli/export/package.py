@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,15 +97,6 @@ def write_package(path: Path, models: dict[str, onnx.ModelProto], packed: dict[s
     return {"modes": sizes, "bytes": path.stat().st_size, "blob_bytes": sum(len(v) for v in blobs.values())}
 
 
-def read_manifest(path: Path) -> dict:
-    with np.load(path) as z:
-        return json.loads(z["manifest"].tobytes())
-
-
-def package_modes(path: Path) -> list[str]:
-    return list(read_manifest(path)["modes"])
-
-
 def mode_model(path: Path, label: str) -> onnx.ModelProto:
     """The ONNX model of one mode, rebuilt from the package."""
     with np.load(path) as z:
@@ -127,13 +117,4 @@ def mode_model(path: Path, label: str) -> onnx.ModelProto:
     return model
 
 
-def is_package(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return "manifest.npy" in z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-__all__ = ["PACKAGE_NAME", "PackedCodes", "ModeSize", "write_package", "mode_model", "package_modes",
-           "read_manifest", "is_package"]
+__all__ = ["PACKAGE_NAME", "PackedCodes", "ModeSize", "write_package", "mode_model"]
