@@ -210,6 +210,17 @@ def validate(cfg: DictConfig) -> None:
     if t.mode_batch and t.sync_bn:
         raise ConfigError("trainer.mode_batch normalises all modes in one BN call, which SyncBatchNorm cannot: "
                           "use trainer.sync_bn=false or trainer.mode_batch=false")
+    if t.fp_warmup_epochs < 0:
+        raise ConfigError(f"trainer.fp_warmup_epochs must be >= 0, got {t.fp_warmup_epochs!r}")
+    if t.fp_warmup_epochs and t.kind != "quantizable":
+        raise ConfigError("trainer.fp_warmup_epochs applies to quantizable runs (a dedicated run has one mode)")
+    if t.fp_warmup_epochs and 32 not in bits:
+        raise ConfigError(f"trainer.fp_warmup_epochs trains full precision first: add 32 to quant.bits={bits}")
+    if t.fp_warmup_epochs and t.fp_warmup_epochs >= t.epochs:
+        raise ConfigError(f"trainer.fp_warmup_epochs={t.fp_warmup_epochs} leaves no joint epoch of "
+                          f"trainer.epochs={t.epochs}")
+    if t.fp_warmup_epochs and t.compile and t.compile_scope == "step":
+        raise ConfigError("trainer.fp_warmup_epochs changes the step's modes: use trainer.compile_scope=mode with it")
     if cfg.loss.warmup_epochs and t.compile and t.compile_scope == "step":
         raise ConfigError("loss.warmup_epochs changes the loss every epoch: use trainer.compile_scope=mode with it")
     if cfg.quant.weight_scale != "none" and cfg.quant.weight not in ("dorefa", "pact"):

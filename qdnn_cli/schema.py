@@ -84,6 +84,7 @@ class TrainerConfig:
     mode_sampling: str = "all"
     sandwich_k: int = 1
     mixed_k: int = 2
+    fp_warmup_epochs: int = 0     # the first N epochs train the top (full-precision) mode alone
     num_threads: Optional[int] = None
     max_steps_per_epoch: Optional[int] = None
     log_every: int = 20

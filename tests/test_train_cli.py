@@ -166,3 +166,35 @@ def test_large_image_folder_streams_through_a_dataloader(tmp_path, workers):
     assert info == {"num_classes": 2, "in_channels": 3, "image_size": 64, "num_train": 12, "num_val": 8}
     val = [x for x in read_csv(out / "metrics.csv") if x["split"] == "val"]
     assert {x["images"] for x in val} == {"8"}
+
+
+def test_fp_warmup_trains_full_precision_alone_as_a_plain_model_would(tmp_path):
+    """trainer.fp_warmup_epochs=1: epoch 1 steps only mode 32, with plain CE (not the joint
+    loss's top weight), so its FP mode after epoch 1 is the dedicated FP model's; epoch 2
+    trains every mode."""
+    warm, plain = tmp_path / "warm", tmp_path / "plain"
+    r = qdnn("train", "quickstart", *tiny_overrides(warm, "trainer.fp_warmup_epochs=1", "seed=3"))
+    assert r.exit_code == 0, r.output
+    r = qdnn("train", "quickstart", *tiny_overrides(plain, "trainer.kind=dedicated", "quant.bits=[32]", "seed=3"))
+    assert r.exit_code == 0, r.output
+    rows = read_csv(warm / "metrics.csv")
+    trained = {e: {x["mode"] for x in rows if x["split"] == "train" and x["epoch"] == e} for e in ("1", "2")}
+    assert trained == {"1": {"32"}, "2": set(MODES)}
+    assert {x["mode"] for x in rows if x["split"] == "val" and x["epoch"] == "1"} == set(MODES)
+
+    def fp_epoch1(run):
+        return next(x for x in read_csv(run / "metrics.csv") if (x["split"], x["epoch"], x["mode"]) == ("val", "1", "32"))
+    a, b = fp_epoch1(warm), fp_epoch1(plain)
+    assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-4) and a["top1"] == b["top1"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["trainer.fp_warmup_epochs=2"], "leaves no joint epoch"),
+    (["trainer.fp_warmup_epochs=-1"], "must be >= 0"),
+    (["trainer.fp_warmup_epochs=1", "quant.bits=[2,4]", "loss.target=next"], "add 32"),
+    (["trainer.fp_warmup_epochs=1", "trainer.kind=dedicated", "quant.bits=[32]"], "quantizable runs"),
+])
+def test_bad_fp_warmup_is_one_line(tmp_path, extra, message):
+    r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", *extra))
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -267,6 +267,8 @@ class Trainer:
         mid-epoch checkpoint left it."""
         self.data.train.set_epoch(epoch)
         self.epoch_loss = self.loss_fn.at_epoch(epoch)
+        if self.fp_warmup(epoch):  # the FP mode alone, stepped as a plain FP model would be
+            self.epoch_loss = dataclasses.replace(self.epoch_loss, top_weight=1.0)
         state = EpochState(epoch, random.Random(int(self.cfg.seed) * 7919 + epoch), EpochStats(),
                            ModeTimer(self.device))
         self.model.train()
@@ -277,9 +279,17 @@ class Trainer:
             self.position = None
         return state
 
+    def fp_warmup(self, epoch: int) -> bool:
+        """Epoch ``epoch`` (0-based) trains the full-precision mode alone: at the start each
+        quantized mode's gradient on the shared weights is ~20x the FP mode's, so a joint
+        step would be theirs alone (``trainer.fp_warmup_epochs``)."""
+        return self.distill and epoch < int(self.cfg.trainer.get("fp_warmup_epochs") or 0)
+
     def step_modes(self, state: "EpochState") -> list:
         """The bit modes (and, with mode_sampling=mixed, per-layer configurations) of one step."""
         t = self.cfg.trainer
+        if self.fp_warmup(state.epoch):
+            return self.modes_desc[:1]
         modes = sample_modes(self.modes_desc, t.mode_sampling, int(t.sandwich_k), state.mode_rng)
         if t.mode_sampling == "mixed":  # k per-layer configurations, distilled from the top mode
             modes += [random_config(self.layer_names, self.modes_desc, state.mode_rng) for _ in range(int(t.mixed_k))]

@@ -51,9 +51,10 @@ def pack_key(cfg) -> tuple:
 
 def check_pack_config(cfg, name: str) -> None:
     t = cfg.trainer
-    if t.get("compile") and (t.mode_sampling != "all" or cfg.loss.warmup_epochs):
-        raise PackError(f"{name}: a compiled pack (trainer.compile={t.compile}) needs trainer.mode_sampling=all and "
-                        "no loss.warmup_epochs (its graph is built once); drop trainer.compile or those options")
+    if t.get("compile") and (t.mode_sampling != "all" or cfg.loss.warmup_epochs or t.get("fp_warmup_epochs")):
+        raise PackError(f"{name}: a compiled pack (trainer.compile={t.compile}) needs trainer.mode_sampling=all, "
+                        "no loss.warmup_epochs and no trainer.fp_warmup_epochs (its graph is built once); "
+                        "drop trainer.compile or those options")
     if t.amp == "fp16":
         raise PackError(f"{name}: --launcher packed does not take trainer.amp=fp16 (one loss scale per run); use bf16")
 
