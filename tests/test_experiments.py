@@ -295,6 +295,26 @@ def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
     r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "budget.png")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # equal compute: the two-mode quantizable run of e epochs made 2e passes over each image
+    by_passes = budget_curves(long, axis="passes")
+    assert [p[:2] for p in by_passes[("quantizable", 2)]] == [(16, 30.5), (32, 40.5), (64, 50.5)]
+    assert [p[0] for p in by_passes[("dedicated", 2)]] == [8, 16, 32]
+    r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "passes.png", "--budget-axis", "passes")
+    assert r.exit_code == 0 and (tmp_path / "passes.png").exists(), r.output
+    r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "x.png", "--budget-axis", "hours")
+    assert r.exit_code == 2 and "--budget-axis 'hours'" in r.output and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("trainer, passes", [
+    ({"kind": "dedicated", "epochs": 40}, 40),
+    ({"kind": "quantizable", "epochs": 8}, 40),                                      # 5 modes every step
+    ({"kind": "quantizable", "epochs": 8, "mode_sampling": "sandwich", "sandwich_k": 1}, 24),
+    ({"kind": "quantizable", "epochs": 8, "mode_sampling": "mixed", "mixed_k": 2}, 56),
+    ({"kind": "quantizable", "epochs": 8, "fp_warmup_epochs": 2}, 2 + 6 * 5),       # FP alone first
+])
+def test_passes_count_the_forward_backward_passes_over_each_image(trainer, passes):
+    from qdnn_cli.report.collect import passes_of
+    assert passes_of({"trainer": trainer, "quant": {"bits": [2, 3, 4, 8, 32]}}) == passes
 
 
 def test_reproduce_of_a_side_grid_reports_beside_its_runs(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..quant import sort_modes
 from .collect import collect, find_runs
-from .table import (INFO, budget_curves, build_table, cost_rows, load_reference, plot, plot_budget, to_csv,
+from .table import (BUDGET_AXES, INFO, budget_curves, build_table, cost_rows, load_reference, plot, plot_budget, to_csv,
                     to_markdown)
 
 
@@ -40,11 +40,14 @@ def reference_path(reference: str) -> Path:
 
 
 def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path | None,
-                 reference: str | None, costs: bool = True, budget_plot: Path | None = None) -> str:
+                 reference: str | None, costs: bool = True, budget_plot: Path | None = None,
+                 budget_axis: str = "epochs") -> str:
     from ..engine.rundir import atomic_write_text
 
     if fmt not in ("markdown", "csv"):
         raise ValueError(f"--format {fmt!r}: choose markdown or csv")
+    if budget_axis not in BUDGET_AXES:
+        raise ValueError(f"--budget-axis {budget_axis!r}: choose {' or '.join(BUDGET_AXES)}")
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no qdnn runs (folders with config.yaml) under {', '.join(map(str, paths))}")
@@ -76,11 +79,13 @@ def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path 
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(modes, table, plot_path, title=", ".join(sorted({r.name for r in runs})))
     if budget_plot:
-        curves = budget_curves(long)
+        curves = budget_curves(long, axis=budget_axis)
         if not curves:
             raise FileNotFoundError("--plot-budget: no finished runs to draw")
         budget_plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_budget(curves, budget_plot, title=", ".join(sorted({r.name for r in runs})) + ": top-1 against epochs")
+        against = "epochs" if budget_axis == "epochs" else "passes per image"
+        plot_budget(curves, budget_plot, ", ".join(sorted({r.name for r in runs})) + f": top-1 against {against}",
+                    budget_axis)
     return text
 
 

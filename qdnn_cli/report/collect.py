@@ -269,7 +269,8 @@ def _searched_rows(run: RunRecord, variant: str, budget: str) -> list[dict]:
         kind = "BOPs" if summary.get("budget_kind") == "bops" else "size"
         rows.append({"experiment": run.name, "kind": run.kind, "variant": f"{variant}, searched per-layer bits "
                      f"(at the mode's {kind})", "budget": budget, "seed": run.seed, "state": "finished",
-                     "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs, "path": str(summary_path.parent),
+                     "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs,
+                     "passes": passes_of(run.config), "path": str(summary_path.parent),
                      "run": run.path.name, "mode": mode, "top1": top1})
     return rows
 
@@ -280,9 +281,29 @@ def budget_of(cfg: dict) -> str:
     return f"{epochs} ep" + ("" if fraction == 1 else f", {fraction:g} of train")
 
 
+def passes_of(cfg: dict) -> int:
+    """Forward/backward passes over each training image in the whole run: the epochs times
+    the modes one step trains (a dedicated run: one; a quantizable run: every mode, or
+    what its sampling picks), the full-precision warm-up epochs counting one."""
+    t = cfg["trainer"]
+    epochs = int(t["epochs"])
+    if t.get("kind") == "dedicated":
+        return epochs
+    n = len(cfg["quant"]["bits"])
+    how = t.get("mode_sampling", "all")
+    if how == "sandwich" and n > 2:
+        per_step = 2 + min(int(t.get("sandwich_k", 1)), n - 2)
+    elif how == "mixed":
+        per_step = n + int(t.get("mixed_k", 2))
+    else:
+        per_step = n
+    warm = min(int(t.get("fp_warmup_epochs") or 0), epochs)
+    return warm + (epochs - warm) * per_step
+
+
 def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
     """One row per run × evaluated mode: experiment, kind, variant, budget, seed, state,
-    finished, epoch, epochs, path, mode, top1. Also the differences from the defaults
+    finished, epoch, epochs, passes (:func:`passes_of`), path, mode, top1. Also the differences from the defaults
     that every run shares (stated once, not in every variant name)."""
     defaults = {name: _defaults(name, runs) for name in {r.name for r in runs}}
     diffs = [_differences(r, defaults[r.name]) for r in runs]
@@ -300,8 +321,9 @@ def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
             records.append({"experiment": run.name, "kind": run.kind, "variant": variant,
                             "budget": budget_of(run.config), "seed": run.seed, "state": run.state,
                             "finished": run.finished, "epoch": run.epoch, "epochs": run.epochs,
+                            "passes": passes_of(run.config),
                             "path": str(run.path), "run": run.path.name, "mode": mode, "top1": float(top1)})
         records += _searched_rows(run, variant, budget_of(run.config))
-    columns = ["experiment", "kind", "variant", "budget", "seed", "state", "finished", "epoch", "epochs", "path",
-               "run", "mode", "top1"]
+    columns = ["experiment", "kind", "variant", "budget", "seed", "state", "finished", "epoch", "epochs", "passes",
+               "path", "run", "mode", "top1"]
     return pd.DataFrame.from_records(records, columns=columns), [_describe(k, v) for k, v in sorted(shared)]

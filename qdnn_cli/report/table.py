@@ -200,10 +200,18 @@ def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
     plt.close(fig)
 
 
-def budget_curves(long: pd.DataFrame, modes: list | None = None) -> dict:
-    """Top-1 against training epochs: ``{(variant, mode): [(epochs, mean, std, seeds), ...]}``
-    over finished runs (seeds averaged per epoch budget), for ``modes`` (default: the most
-    and the least precise mode present). What ``qdnn report --plot-budget`` draws."""
+BUDGET_AXES = {"epochs": "training epochs (same data)",
+               "passes": "forward/backward passes per training image (epochs x modes per step)"}
+
+
+def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "epochs") -> dict:
+    """Top-1 against training budget: ``{(variant, mode): [(budget, mean, std, seeds), ...]}``
+    over finished runs (seeds averaged per budget), for ``modes`` (default: the most and
+    the least precise mode present). The budget is ``axis``: the epochs, or the passes over
+    each image (equal compute: a quantizable run of 5 modes × 8 epochs is 40, as is a
+    dedicated run of 40 epochs). What ``qdnn report --plot-budget`` draws."""
+    if axis not in BUDGET_AXES:
+        raise ValueError(f"--budget-axis {axis!r}: choose {' or '.join(BUDGET_AXES)}")
     done = long[long["finished"]]
     if done.empty:
         return {}
@@ -211,17 +219,17 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None) -> dict:
     modes = modes or sorted({present[0], present[-1]}, key=present.index)
     curves = {}
     for (variant, mode), g in done[done["mode"].isin(modes)].groupby(["variant", "mode"], sort=False):
-        per_seed = g.groupby(["epochs", "seed"])["top1"].mean().reset_index()
+        per_seed = g.groupby([axis, "seed"])["top1"].mean().reset_index()
         points = []
-        for epochs, h in per_seed.groupby("epochs"):
+        for budget, h in per_seed.groupby(axis):
             std = float(h["top1"].std()) if len(h) > 1 else float("nan")
-            points.append((int(epochs), float(h["top1"].mean()), std, int(len(h))))
+            points.append((int(budget), float(h["top1"].mean()), std, int(len(h))))
         curves[(variant, mode)] = sorted(points)
     return curves
 
 
-def plot_budget(curves: dict, path: Path, title: str = "") -> None:
-    """One line per variant and mode: top-1 against epochs (log axis), error bars = std over seeds."""
+def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs") -> None:
+    """One line per variant and mode: top-1 against the budget (log axis), error bars = std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,4 +244,4 @@ def plot_budget(curves: dict, path: Path, title: str = "") -> None:
     ticks = sorted({p[0] for points in curves.values() for p in points})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    _finish(fig, ax, path, "training epochs (same data)", title or "accuracy against training budget")
+    _finish(fig, ax, path, BUDGET_AXES[axis], title or "accuracy against training budget")
