@@ -295,6 +295,8 @@ def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
     r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "budget.png")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    budgets = [line.split("|")[2].strip() for line in r.output.splitlines() if line.startswith("| quantizable  ")]
+    assert budgets == ["8 ep", "16 ep", "32 ep"]  # numbers in a budget sort as numbers
     # equal compute: the two-mode quantizable run of e epochs made 2e passes over each image
     by_passes = budget_curves(long, axis="passes")
     assert [p[:2] for p in by_passes[("quantizable", 2)]] == [(16, 30.5), (32, 40.5), (64, 50.5)]

@@ -13,6 +13,7 @@ The table is a DataFrame: ``variant``, ``budget``, ``seeds``, ``finished``, ``ro
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -55,9 +56,14 @@ def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
         rows.append(_row(label, budget, 1, False, "result", g.set_index("mode")["top1"].to_dict()))
     table = pd.DataFrame(rows, columns=INFO + [c for m in modes for c in (m, f"{m}_std")])
     if len(table):
-        order = sorted(range(len(table)), key=lambda i: (_variant_order(table.variant[i]), table.budget[i]))
+        order = sorted(range(len(table)), key=lambda i: (_variant_order(table.variant[i]), _budget_order(table.budget[i])))
         table = table.iloc[order].reset_index(drop=True)
     return modes, pd.concat([table, _differences(table, modes)], ignore_index=True)
+
+
+def _budget_order(budget: str) -> tuple:
+    """"8 ep" before "16 ep": the numbers in a budget compare as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(budget)))
 
 
 def _differences(table: pd.DataFrame, modes: list) -> pd.DataFrame:
