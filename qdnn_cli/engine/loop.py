@@ -68,6 +68,7 @@ class Trainer:
         self.epochs = int(t.epochs)
         self.files = RunFiles(run_dir, self.epochs, enabled=self.dist.is_main)
         self.distill = t.kind == "quantizable"
+        self.fp_warmup_epochs = int(t.get("fp_warmup_epochs") or 0) if self.distill else 0
         self.loss_fn = self.epoch_loss = QuantizableLoss.from_config(cfg.loss)
         if not self.distill:  # a dedicated model's one mode is plain CE, whatever the joint loss weighs
             self.loss_fn = self.epoch_loss = dataclasses.replace(self.loss_fn, top_weight=1.0)
@@ -283,7 +284,7 @@ class Trainer:
         """Epoch ``epoch`` (0-based) trains the full-precision mode alone: at the start each
         quantized mode's gradient on the shared weights is ~20x the FP mode's, so a joint
         step would be theirs alone (``trainer.fp_warmup_epochs``)."""
-        return self.distill and epoch < int(self.cfg.trainer.get("fp_warmup_epochs") or 0)
+        return epoch < self.fp_warmup_epochs
 
     def step_modes(self, state: "EpochState") -> list:
         """The bit modes (and, with mode_sampling=mixed, per-layer configurations) of one step."""

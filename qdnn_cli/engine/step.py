@@ -55,6 +55,14 @@ def sample_modes(modes_desc: list[int], how: str, k: int, gen: random.Random) ->
     return [modes_desc[0]] + [m for m in middle if m in picked] + [modes_desc[-1]]
 
 
+def modes_per_step(n_modes: int, how: str, k: int, mixed_k: int) -> int:
+    """How many forward/backward passes one step makes: what :func:`sample_modes` returns,
+    plus the trainer's ``mixed_k`` per-layer configurations with ``mixed``."""
+    if how == "sandwich" and n_modes > 2:
+        return 2 + min(k, n_modes - 2)
+    return n_modes + (mixed_k if how == "mixed" else 0)
+
+
 def mode_sets(modes_desc: list[int], how: str, k: int) -> int:
     """How many different mode lists :func:`sample_modes` can return (graphs to compile)."""
     if how in ("all", "mixed") or len(modes_desc) <= 2:

@@ -285,18 +285,14 @@ def passes_of(cfg: dict) -> int:
     """Forward/backward passes over each training image in the whole run: the epochs times
     the modes one step trains (a dedicated run: one; a quantizable run: every mode, or
     what its sampling picks), the full-precision warm-up epochs counting one."""
+    from ..engine.step import modes_per_step  # the sampling rule lives with the sampler
+
     t = cfg["trainer"]
     epochs = int(t["epochs"])
     if t.get("kind") == "dedicated":
         return epochs
-    n = len(cfg["quant"]["bits"])
-    how = t.get("mode_sampling", "all")
-    if how == "sandwich" and n > 2:
-        per_step = 2 + min(int(t.get("sandwich_k", 1)), n - 2)
-    elif how == "mixed":
-        per_step = n + int(t.get("mixed_k", 2))
-    else:
-        per_step = n
+    per_step = modes_per_step(len(cfg["quant"]["bits"]), t.get("mode_sampling", "all"), int(t.get("sandwich_k", 1)),
+                              int(t.get("mixed_k", 2)))
     warm = min(int(t.get("fp_warmup_epochs") or 0), epochs)
     return warm + (epochs - warm) * per_step
 
