@@ -17,7 +17,7 @@ import typer
 
 from .commands import console, err_console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown",
                   help="Quantizable DNNs: train one network for many bit-widths, ablate, sweep, evaluate, report.")
 
 
@@ -39,7 +39,15 @@ def guarded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .errors import is_input_error
+        from .startup import take_held_signal
 
+        held = take_held_signal()
+        if held is not None:  # a stop signal while qdnn was starting: nothing was done yet
+            err_console.print(f"stopped: signal {held} came before the command started; nothing was written; "
+                              "run the same command again")
+            from .engine.interrupt import RESUMABLE_EXIT
+
+            raise typer.Exit(RESUMABLE_EXIT)
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -57,6 +65,10 @@ def guarded(fn):
                 raise
             if is_input_error(e):
                 fail(_first_line(e))
+            from .launch import LaunchError
+
+            if isinstance(e, LaunchError):  # runs of a group failed: each says why; the others finished
+                fail(_first_line(e), code=1)
             where = f"traceback in {e.log_path}" if getattr(e, "log_path", None) else "QDNN_DEBUG=1 shows the traceback"
             fail(f"{type(e).__name__}: {_first_line(e)} (unexpected; {where})", code=1)
 
@@ -285,7 +297,8 @@ def search(
 @guarded
 def report(
     paths: List[Path] = typer.Argument(..., help="run directories or folders holding them"),
-    fmt: str = typer.Option("markdown", "--format", help="markdown or csv"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="markdown or csv (default: csv for an --out "
+                                      "ending in .csv, else markdown)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the table to this file"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write accuracy-vs-bit-mode plot (PNG)"),
     budget_plot: Optional[Path] = typer.Option(None, "--plot-budget", help="write accuracy-vs-epochs plot (PNG): "
@@ -359,6 +372,9 @@ def list_cmd():
 
 
 def main():
+    from .startup import hold_stop_signals
+
+    hold_stop_signals()  # first: a SIGTERM while importing stops resumably (exit 75), not with 143
     # Hydra and torch print deprecation chatter through warnings; keep the terminal clean.
     import warnings
 

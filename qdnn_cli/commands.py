@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from .words import count
+
 # Under torchrun only rank 0 talks; errors still reach stderr from every rank.
 console = Console(highlight=False, quiet=int(os.environ.get("RANK", "0")) != 0)
 err_console = Console(stderr=True, highlight=False)
@@ -115,18 +117,37 @@ def load_grid(name: str, bits: list = (), _seen: tuple = ()) -> dict[str, list[s
     path = grid_path(name)
     if path in _seen:
         raise ValueError(f"grid {name!r} includes itself")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ValueError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
     if not isinstance(spec, dict) or set(spec) - {"include", "variants", "per_bit"}:
         raise ValueError(f"{path}: a grid has the keys include, variants and per_bit only")
     variants: dict[str, list[str]] = {}
-    for other in spec.get("include") or []:
+    for other in _grid_list(spec.get("include"), path, "include"):
         variants.update(load_grid(other, bits, _seen + (path,)))
+    for key in ("variants", "per_bit"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ValueError(f"{path}: {key} maps a variant name to its list of overrides")
     for leaf, extra in (spec.get("variants") or {}).items():
-        variants[str(leaf)] = [str(o) for o in extra or []]
+        variants[str(leaf)] = _grid_list(extra, path, f"variant {leaf}")
     for template, extra in (spec.get("per_bit") or {}).items():
         for b in bits:
-            variants[str(template).format(bits=b)] = [str(o).format(bits=b) for o in extra or []]
+            variants[str(template).format(bits=b)] = [o.format(bits=b) for o in _grid_list(extra, path, template)]
     return variants
+
+
+def _grid_list(value, path: Path, what: str) -> list[str]:
+    """A grid entry's overrides: a list, or one override written as a plain string."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or any(isinstance(v, (dict, list)) for v in value):
+        raise ValueError(f"{path}: {what} must be a list of key=value overrides, got {value!r}")
+    return [str(v) for v in value]
 
 
 def group_dir(experiment: str, overrides: list[str], kind: str) -> Path:
@@ -152,11 +173,7 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
     from .report.collect import read_run
 
     base = [o for o in overrides if not o.startswith("out_dir=")]
-    plans = []
-    for leaf, extra in variants.items():
-        run_overrides = base + extra + [f"out_dir={group / leaf}"]
-        compose(experiment, run_overrides)
-        plans.append((leaf, run_overrides))
+    plans = check_group(experiment, variants, group, base, launcher.name if launcher is not None else "local")
     todo = []
     for i, (leaf, run_overrides) in enumerate(plans, 1):
         rec = read_run(group / leaf) if (group / leaf / "config.yaml").exists() else None
@@ -179,6 +196,34 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
             train_one(experiment, run_overrides, quiet_config=True)
     console.print(f"group directory: {group}")
     return [group / leaf for leaf, _ in plans]
+
+
+def check_group(experiment: str, variants: dict[str, list[str]], group: Path, base: list[str],
+                launcher: str) -> list[tuple[str, list[str]]]:
+    """Compose and check every run of a group before any is created: a bad one is one line
+    naming the run, and nothing is written. Returns (leaf, overrides) per run."""
+    from .config import ConfigError, compose
+    from .engine import check_runnable
+
+    plans, checked_data = [], set()
+    for leaf, extra in variants.items():
+        run_overrides = base + extra + [f"out_dir={group / leaf}"]
+        try:
+            cfg = compose(experiment, run_overrides)
+            check_runnable(cfg, checked_data)
+            if launcher == "packed":
+                from .engine.pack import check_pack_config
+
+                check_pack_config(cfg, leaf)
+        except Exception as e:
+            from .errors import is_input_error
+
+            if not is_input_error(e) or len(variants) == 1:
+                raise
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(text if text.startswith(f"{leaf}:") else f"run {leaf}: {text}") from None
+        plans.append((leaf, run_overrides))
+    return plans
 
 
 def run_ablation(experiment: str, overrides: list[str], only: str | None, grid: str, launcher=None) -> list[Path]:
@@ -349,7 +394,7 @@ def export_run(target: Path, overrides: list[str], bits: str | None, config: Pat
     console.print(table)
     package = summary["package"]
     console.print(f"switchable package: {out / package['file']} ({package['bytes']:,} bytes on disk for "
-                  f"{len(rows)} modes; float32 model {summary['fp32_model_bytes']:,} bytes)")
+                  f"{count(len(rows), 'mode')}; float32 model {summary['fp32_model_bytes']:,} bytes)")
     return out
 
 
@@ -401,6 +446,18 @@ def run_search(target: Path, overrides: list[str], budget_bops: str | None, budg
 
 
 # ----------------------------------------------------------------------------- status
+def _name_under(run: Path, paths: list[Path]) -> str:
+    """A run's name relative to the folder it was found under (the folder's own name when
+    the run is that folder)."""
+    for p in paths:
+        base = Path(p).resolve()
+        if run == base:
+            return base.name
+        if base in run.parents:
+            return str(run.relative_to(base))
+    return str(run)
+
+
 def show_status(paths: list[Path]) -> list[dict]:
     """Every run under ``paths``: state, epoch/epochs, last val top-1 per mode, job id."""
     import json
@@ -418,11 +475,11 @@ def show_status(paths: list[Path]) -> list[dict]:
         job = r.path / "job.json"
         job_id = json.loads(job.read_text()).get("job_id", "") if job.is_file() else ""
         top1 = "  ".join(f"{mode_label(m)} {r.top1[m]:.2f}" for m in sort_modes(r.top1, descending=True))
-        rows.append({"run": str(r.path), "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "top1": top1,
+        rows.append({"run": _name_under(r.path, paths), "state": r.state, "epoch": f"{r.epoch}/{r.epochs}", "top1": top1,
                      "job": job_id})
-    table = Table(title=f"{len(rows)} runs")
+    table = Table(title=count(len(rows), "run"))
     for col in ("run", "state", "epoch", "last val top-1 %", "job"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long name wraps, never loses its end
     for row in rows:
         table.add_row(row["run"], row["state"], row["epoch"], row["top1"], row["job"])
     console.print(table)

@@ -44,7 +44,9 @@ def compose(experiment: str | None, overrides: list[str] | tuple = ()) -> DictCo
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = list(overrides)
+    # Hydra's ``+key=value`` adds a key the config lacks; qdnn's configs are typed, so a
+    # plus is read as a plain override: an unknown key is refused either way
+    overrides = [o.lstrip("+") for o in overrides]
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not key=value")
@@ -67,7 +69,22 @@ def compose(experiment: str | None, overrides: list[str] | tuple = ()) -> DictCo
             message = message.replace(f"{key!r}:", f"{key!r}{_did_you_mean(key, experiment)}:", 1)
         raise ConfigError(message) from None
     validate(cfg)
+    settle_bn_kind(cfg, overrides)
     return cfg
+
+
+def settle_bn_kind(cfg: DictConfig, overrides: list[str] = ()) -> None:
+    """``quant.bn``, when set, decides the BN kind, and ``quant.bit_specific_bn`` (its older
+    spelling) is made to say the same, so a printed config never contradicts itself. Both
+    typed and contradicting each other: refused."""
+    bn = cfg.quant.get("bn")
+    if bn is None:
+        return
+    implied = bn == "bit_specific"
+    typed = [o.split("=", 1)[1] for o in overrides if o.startswith("quant.bit_specific_bn=")]
+    if typed and typed[-1].strip().lower() in ("true", "false") and (typed[-1].strip().lower() == "true") != implied:
+        raise ConfigError(f"quant.bn={bn} contradicts quant.bit_specific_bn={typed[-1]}: set one of them")
+    cfg.quant.bit_specific_bn = implied
 
 
 def _did_you_mean(key: str, experiment: str | None) -> str:
@@ -81,9 +98,16 @@ def _did_you_mean(key: str, experiment: str | None) -> str:
         base = None
     if base is None:
         return ""
-    keys = _keys(OmegaConf.to_container(base, resolve=False))
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    tree = OmegaConf.to_container(base, resolve=False)
+    keys = _keys(tree)
+    close = difflib.get_close_matches(key, keys + list(tree), n=1, cutoff=0.75)
+    if not close:  # a key without its group (``epochs``), or a misspelt last part
+        tails: dict[str, list[str]] = {}
+        for k in keys:
+            tails.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.8)
+        close = tails[near[0]][:2] if near else []
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _keys(d: dict, prefix: str = "") -> list[str]:

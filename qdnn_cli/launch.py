@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .words import count
+
 LAUNCHERS = ("local", "parallel", "packed", "slurm")
 
 
@@ -130,7 +132,7 @@ def _run_parallel(experiment, plans, group: Path, jobs: int, console, stop) -> N
             console.print(f"{leaf}: {state} [{done}/{len(plans)} done]")
         time.sleep(0.2)
     if failed:
-        raise LaunchError(f"{len(failed)} of {len(plans)} runs failed: "
+        raise LaunchError(f"{len(failed)} of {count(len(plans), 'run')} failed: "
                           + ", ".join(f"{leaf} (see {group / leaf / 'launch.log'})" for leaf in failed))
 
 
@@ -159,9 +161,12 @@ def _run_packed(experiment, plans, group: Path, size: int, console, on_results) 
     for k, pack in enumerate(packs, 1):
         leaves = [leaf for leaf, _, _ in pack]
         console.rule(f"pack {k}/{len(packs)}: {', '.join(leaves)}")
-        dirs = [make_run_dir(cfg, group, leaf)[0] for leaf, _, cfg in pack]
+        made = [make_run_dir(cfg, group, leaf) for leaf, _, cfg in pack]
+        dirs = [d for d, _ in made]
+        _print_pack_config(console, [cfg for _, _, cfg in pack], leaves)
         try:
-            results = run_pack([cfg for _, _, cfg in pack], dirs, [ov for _, ov, _ in pack], leaves, console)
+            results, diverged = run_pack([cfg for _, _, cfg in pack], dirs, [ov for _, ov, _ in pack], leaves,
+                                         console, [new for _, new in made])
         except RunInterrupted:
             raise
         except Exception as e:  # noqa: BLE001 - one failed pack: report it, train the others
@@ -172,8 +177,27 @@ def _run_packed(experiment, plans, group: Path, size: int, console, on_results) 
         for leaf, run_dir, result in zip(leaves, dirs, results):
             if on_results is not None and result:
                 on_results(leaf, run_dir, result)
+        failed += [f"{leaf} diverged ({why.split(';')[0]}; see {group / leaf / 'status.json'})"
+                   for leaf, why in diverged]
     if failed:
-        raise LaunchError(f"{len(failed)} of {len(packs)} packs failed: " + "; ".join(failed))
+        raise LaunchError("not every run finished: " + "; ".join(failed))
+
+
+def _print_pack_config(console, cfgs: list, leaves: list[str]) -> None:
+    """The first run's config in full, and for each other run what differs from it."""
+    from omegaconf import OmegaConf
+
+    from .engine import _flatten
+
+    console.rule(f"config of {leaves[0]}")
+    console.print(OmegaConf.to_yaml(cfgs[0], resolve=True).rstrip(), markup=False)
+    first = _flatten(OmegaConf.to_container(cfgs[0], resolve=True))
+    for leaf, cfg in zip(leaves[1:], cfgs[1:]):
+        flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+        diffs = [f"{k}={flat.get(k)!r}" for k in sorted(set(first) | set(flat))
+                 if first.get(k) != flat.get(k) and k != "out_dir"]
+        console.print(f"{leaf}: as {leaves[0]}, except {', '.join(diffs) if diffs else 'nothing'}", markup=False)
+    console.rule()
 
 
 # ----------------------------------------------------------------------------- submitit

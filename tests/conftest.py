@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread count for the whole session, this process and every `qdnn` it starts: a test
+# that compares a run here with one in a subprocess (kill -9, SIGTERM, launchers) compares
+# the same kernels' sums only at the same count. OMP_NUM_THREADS=1 set by the caller wins.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100-dev"
 

@@ -92,9 +92,13 @@ def test_truncated_and_foreign_checkpoints_are_one_line(tmp_path):
     trunc.write_bytes(data[: len(data) // 2])
     foreign = tmp_path / "foreign.pt"
     foreign.write_text("hello, not a checkpoint")
-    for path in (trunc, foreign):
+    readme = tmp_path / "README.md"
+    readme.write_text("# notes\n")
+    for path, says in ((trunc, "not a readable checkpoint"), (foreign, "is not a checkpoint"),
+                       (readme, "is not a checkpoint")):
         r = qdnn("eval", path)
-        assert r.exit_code == 2 and _one_error_line(r) and "not a readable checkpoint" in r.output, r.output
+        assert r.exit_code == 2 and _one_error_line(r) and says in r.output, r.output
+        assert "pickled" not in r.output
     # a corrupt checkpoint in a run directory stops resumption with the same message
     (run / "checkpoint.pt").write_bytes(data[:100])
     r = qdnn("train", "quickstart", "--extend-epochs", *tiny_overrides(run, "trainer.epochs=2"))

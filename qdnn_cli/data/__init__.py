@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from .sources import (
-    CIFAR_STATS, DataError, Source, load_cifar, load_digits, load_folder, make_synthetic, stratified_subset,
+    CIFAR_STATS, DataError, Source, check_folder, fetch_cifar, load_cifar, load_digits, load_folder, make_synthetic,
+    stratified_subset,
 )
 from .tensor_loader import Augment, TensorBatches, random_crop_flip
 
@@ -60,6 +61,18 @@ def load_source(d, seed: int) -> Source:
     if d.name not in DATA_SOURCES:
         raise DataError(f"unknown data.name {d.name!r}: choose one of {', '.join(DATA_SOURCES)}")
     return DATA_SOURCES[d.name](d, seed)
+
+
+def ensure_available(d) -> None:
+    """Make sure ``build_data`` will find the data, cheaply: a folder data set's split folders
+    exist; a CIFAR archive is there, or is downloaded now (once, before any run of a group
+    creates its directory). Checks nothing else (a damaged file is found when loading)."""
+    if d.name not in DATA_SOURCES:
+        raise DataError(f"unknown data.name {d.name!r}: choose one of {', '.join(DATA_SOURCES)}")
+    if d.name in ("cifar10", "cifar100"):
+        fetch_cifar(d.name, d.root, bool(d.download))
+    elif d.name == "folder":
+        check_folder(d.root, d.train_split, d.val_split)
 
 
 def subset_seed(d, seed: int) -> int:
@@ -150,5 +163,5 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
     return calib, batches(idx), rerank, described
 
 
-__all__ = ["build_data", "build_holdout", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
+__all__ = ["build_data", "ensure_available", "build_holdout", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
            "stratified_subset", "CIFAR_STATS", "DATA_SOURCES"]

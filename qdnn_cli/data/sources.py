@@ -71,9 +71,9 @@ def _read_cifar_batch(path: Path, labels_key: str) -> tuple[np.ndarray, list]:
     return data, labels
 
 
-def load_cifar(name: str, root: str, download: bool) -> Source:
-    """Parse the official CIFAR python batches under ``<root>/<folder>/``; download them
-    first through torchvision when they are absent and ``download`` is on."""
+def fetch_cifar(name: str, root: str, download: bool) -> Path:
+    """``<root>/<folder>/`` of the official CIFAR python archive, downloaded through
+    torchvision first when it is absent and ``download`` is on."""
     layout = CIFAR_LAYOUT[name]
     rootp = Path(root).expanduser()
     folder = rootp / layout["folder"]
@@ -91,6 +91,14 @@ def load_cifar(name: str, root: str, download: bool) -> Source:
                 f"{name} could not be downloaded into {rootp} ({type(e).__name__}); if this machine is offline, "
                 f"put the extracted '{layout['folder']}/' folder under {rootp} by hand"
             ) from None
+    return folder
+
+
+def load_cifar(name: str, root: str, download: bool) -> Source:
+    """Parse the official CIFAR python batches under ``<root>/<folder>/``; download them
+    first through torchvision when they are absent and ``download`` is on."""
+    layout = CIFAR_LAYOUT[name]
+    folder = fetch_cifar(name, root, download)
     meta_path = folder / layout["meta"]
     import pickle
 
@@ -191,8 +199,8 @@ def decode_cached(files: list[str], channels: int) -> torch.Tensor:
     return images
 
 
-def load_folder(root: str, train_split: str, val_split: str, channels: int, max_in_memory_size: int,
-                stats: tuple | None) -> Source:
+def check_folder(root: str, train_split: str, val_split: str) -> tuple[Path, Path]:
+    """The two split folders of a folder data set, or a DataError naming what is missing."""
     rootp = Path(root).expanduser()
     if not rootp.is_dir():
         raise DataError(f"data.root {rootp} does not exist: expected <root>/{train_split}/<class>/*.png")
@@ -201,6 +209,12 @@ def load_folder(root: str, train_split: str, val_split: str, channels: int, max_
         if not d.is_dir():
             have = ", ".join(sorted(p.name for p in rootp.iterdir() if p.is_dir())) or "nothing"
             raise DataError(f"split folder {d} does not exist (data.{key}); {rootp} holds: {have}")
+    return tdir, vdir
+
+
+def load_folder(root: str, train_split: str, val_split: str, channels: int, max_in_memory_size: int,
+                stats: tuple | None) -> Source:
+    tdir, vdir = check_folder(root, train_split, val_split)
     classes = list_classes(tdir)
     if not classes:
         raise DataError(f"{tdir} has no class folders: expected {tdir}/<class>/*.png")

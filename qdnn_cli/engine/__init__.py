@@ -14,8 +14,11 @@ from .interrupt import RESUMABLE_EXIT, RunInterrupted
 from .loop import Trainer, TrainingDiverged
 
 # Keys that may change between an interrupted run and its resumption.
+# ``trainer.mode_batch`` runs the same arithmetic in one forward instead of one per mode (a
+# pack switches it on for its members), so a run may resume either way.
 RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.checkpoint_every_minutes", "trainer.num_threads", "trainer.log_every",
-                         "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers", "trainer.eval_batch_size")
+                         "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers",
+                         "trainer.eval_batch_size", "trainer.mode_batch")
 
 
 class RunMismatch(InputError):
@@ -45,6 +48,9 @@ def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) 
     # (the old behaviour), so a changed default today is a difference too
     old = _flatten(OmegaConf.to_container(with_legacy_defaults(OmegaConf.load(saved_path)), resolve=True))
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    for flat in (old, new):  # quant.bn, when set, decides; runs saved before it was settled say otherwise
+        if flat.get("quant.bn") is not None:
+            flat["quant.bit_specific_bn"] = flat["quant.bn"] == "bit_specific"
     # keys only one side has (a removed key; another data family's fields) are not the user's
     diffs = [k for k in sorted(set(old) & set(new))
              if old[k] != new[k] and not k.startswith(RESUMABLE_DIFFERENCES)]
@@ -60,6 +66,25 @@ def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) 
         raise RunMismatch(f"{run_dir} holds a run with {k}={old.get(k)!r}, this one has {k}={new.get(k)!r}"
                           f"{f' (+{len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}; "
                           "choose another out_dir")
+
+
+def check_runnable(cfg: DictConfig, checked_data: set | None = None) -> None:
+    """What would stop a composed run before its first step, found before anything is
+    written: the device, the precision it supports, the data (a CIFAR archive missing is
+    downloaded here, once). ``checked_data`` remembers data configs already checked, so a
+    grid checks each data set once."""
+    from ..data import ensure_available
+    from .device import resolve_device
+
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    if t.amp == "fp16" and device.type != "cuda":
+        raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
+    key = repr(sorted(OmegaConf.to_container(cfg.data, resolve=True).items()))
+    if checked_data is None or key not in checked_data:
+        ensure_available(cfg.data)
+        if checked_data is not None:
+            checked_data.add(key)
 
 
 def run_training(cfg: DictConfig, run_dir: Path, overrides, console=None, resume: bool = True,
@@ -126,5 +151,5 @@ def _record_failure(trainer: Trainer, run_dir: Path, error: Exception, fresh: bo
                              f"{type(error).__name__}: {message}")
 
 
-__all__ = ["run_training", "Trainer", "TrainingDiverged", "CheckpointError", "RunMismatch", "evaluate",
+__all__ = ["run_training", "check_runnable", "Trainer", "TrainingDiverged", "CheckpointError", "RunMismatch", "evaluate",
            "atomic_save", "safe_load", "mode_label", "check_same_run"]

@@ -49,6 +49,12 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; very old files are a raw pickle (protocol byte 0x80)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not a checkpoint: not a file torch.save wrote (give a run directory "
+                              "or its checkpoint.pt / best.pt)")
     import warnings
 
     try:
@@ -105,6 +111,15 @@ class RunLock:
         self._fd, self._key = fd, key
         RunLock._held.add(key)
         return self
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (None: nobody), found by taking it for an instant."""
+        try:
+            self.acquire()
+        except CheckpointError:
+            return self.path.read_text().strip() or "another process"
+        self.release()
+        return None
 
     def release(self) -> None:
         if self._fd is not None:

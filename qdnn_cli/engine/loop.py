@@ -181,13 +181,21 @@ class Trainer:
             raise CheckpointError(f"{path} is a {ck.get('model_name')} run, this config builds "
                                   f"{self.cfg.model.name}; use another out_dir")
         load_quantizable_state_dict(self.model, ck["model"], str(path))
+        # how the update runs (fused, foreach) is this process's choice, not state: a pack's
+        # fused update must not follow its checkpoint into a run resumed alone
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ck["optimizer"])
+        for group, chosen in zip(self.optimizer.param_groups, kernels):
+            group.update(chosen)
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["torch_rng"])
         self.start_epoch, self.best = int(ck["epoch"]), float(ck["best"])
         self.position = ck.get("position")
         self.history = self.files.trim_metrics(self.start_epoch)
+        if self.start_epoch >= self.epochs:
+            self.log(f"finished already: {path} holds all {self.epochs} epochs; nothing to train")
+            return
         where = f", step {self.position['step']} of epoch {self.start_epoch + 1}" if self.position else ""
         self.log(f"resumed from {path} after epoch {self.start_epoch}{where}")
 

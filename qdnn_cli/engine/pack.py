@@ -29,10 +29,11 @@ from .interrupt import RunInterrupted, StopSignals, fault_hooks
 from .loop import Trainer, TrainingDiverged
 from .progress import make_progress
 from .step import losses_from_logits
+from ..words import count
 
 
 # settings every run of a pack must share (the architecture itself is checked on the models)
-PACK_KEYS = ("model.name", "trainer.batch_size", "trainer.device", "trainer.amp", "trainer.channels_last",
+PACK_KEYS = ("model.name", "trainer.batch_size", "trainer.device", "trainer.amp", "trainer.channels_last", "trainer.compile",
              "quant.weight", "quant.act", "quant.quantize_first_last", "quant.quantize_shortcut")
 
 
@@ -78,10 +79,11 @@ class PackedTrainer:
             t.prepare()
             t.stop = self.stop  # one signal handler for the pack
             t.mode_batch = t.distill  # evaluation too runs every mode in one forward (same numbers)
-            if t.cfg.trainer.mode_sampling == "all":
+            if t.cfg.trainer.mode_sampling == "all" and not t.fp_warmup_epochs:
                 # every parameter has a gradient every step: the fused update (a kernel or two
                 # per run instead of a loop or foreach chain over its tensors); torch's fused
-                # SGD cannot take a momentum buffer that appears later (sandwich sampling)
+                # SGD cannot take a momentum buffer that appears later (sandwich sampling, or
+                # the other modes' BN joining after an FP warm-up)
                 for group in t.optimizer.param_groups:
                     if "fused" in group:
                         group["fused"], group["foreach"] = True, False
@@ -159,14 +161,14 @@ class PackedTrainer:
                 last_save = time.perf_counter()
                 if self.stop.requested:
                     raise RunInterrupted(f"stopped on signal {self.stop.requested} at epoch {epoch + 1}, step "
-                                         f"{step + 1} (a pack of {len(active)} runs); run the same command again "
+                                         f"{step + 1} (a pack of {count(len(active), 'run')}); run the same command again "
                                          "to resume there")
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 active = self._drop_diverged(active, states, epoch, step)
                 if not active:
                     break
                 rate = sum(states[id(t)].images for t in active) / (time.perf_counter() - started)
-                progress.update(task, completed=step + 1, info=f"{len(active)} runs | {rate:.0f} img/s in all")
+                progress.update(task, completed=step + 1, info=f"{count(len(active), 'run')} | {rate:.0f} img/s in all")
             t_data = time.perf_counter()
         train_s = time.perf_counter() - started
         progress.remove_task(task)
@@ -227,16 +229,31 @@ def pack_backward(models, xs, ys, modes, loss_fns, distills, amp_ctx=contextlib.
     return per_run
 
 
-def run_pack(cfgs: list, run_dirs: list[Path], overrides: list[list[str]], names: list[str], console=None) -> list[dict]:
+class PrefixedConsole:
+    """A member run's lines in a pack's output, each behind the run's name."""
+
+    def __init__(self, console, name: str):
+        self.console, self.name = console, name
+
+    def print(self, msg, *args, **kwargs) -> None:
+        self.console.print(f"{self.name}: {msg}", *args, **kwargs)
+
+
+def run_pack(cfgs: list, run_dirs: list[Path], overrides: list[list[str]], names: list[str], console=None,
+             fresh: list[bool] | None = None) -> tuple[list[dict | None], list[tuple[str, str]]]:
     """Train runs ``cfgs`` into ``run_dirs`` as one pack: each run directory locked,
-    checked and written as :func:`~qdnn_cli.engine.run_training` does for one run."""
+    checked and written as :func:`~qdnn_cli.engine.run_training` does for one run.
+    Returns each run's final results (None for a run that diverged) and the diverged
+    runs as (name, why): one run's divergence does not stop the others."""
     from .rundir import save_config
     from . import _record_failure, check_same_run
     from .checkpoint import RunLock
 
+    fresh = fresh or [False] * len(cfgs)
     for cfg, name in zip(cfgs, names):
         check_pack_config(cfg, name)
-    members = [Trainer(cfg, d, console=None) for cfg, d in zip(cfgs, run_dirs)]
+    members = [Trainer(cfg, d, console=PrefixedConsole(console, name) if console is not None else None)
+               for cfg, d, name in zip(cfgs, run_dirs, names)]
     locks = []
     try:
         for cfg, d, ov in zip(cfgs, run_dirs, overrides):
@@ -249,15 +266,11 @@ def run_pack(cfgs: list, run_dirs: list[Path], overrides: list[list[str]], names
         except RunInterrupted:
             raise
         except Exception as e:
-            for t, d in zip(members, run_dirs):
+            for t, d, new in zip(members, run_dirs, fresh):
                 if hasattr(t, "files"):
-                    _record_failure(t, Path(d), e, fresh=False)
+                    _record_failure(t, Path(d), e, fresh=new)
             raise
-        failed = pack.diverged
-        if failed:
-            raise TrainingDiverged(f"{len(failed)} of {len(members)} runs in the pack diverged: "
-                                   + "; ".join(f"{n} ({msg.split(';')[0]})" for n, msg in failed))
-        return results
+        return results, pack.diverged
     finally:
         for lock in locks:
             lock.release()

@@ -29,11 +29,34 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_config(cfg, run_dir: Path, overrides: list[str]) -> None:
-    """``config.yaml`` (resolved) and ``overrides.yaml``, written atomically."""
+    """Record this invocation in the run directory, losing nothing an earlier one wrote:
+
+    * ``config.yaml`` (resolved) and ``overrides.yaml``: what the run was started with,
+      written once. A resumption may differ only in keys that do not change the result
+      (``check_same_run``), so they stay true; ``trainer.epochs`` moved by
+      ``--extend-epochs`` is the one key updated in ``config.yaml``, since it moves the
+      schedule the run now follows.
+    * ``invocations.yaml``: one entry appended per invocation (time, overrides, whether a
+      checkpoint was there to resume), the history of what was typed.
+    """
     from omegaconf import OmegaConf
 
-    atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(Path(run_dir) / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    run_dir = Path(run_dir)
+    config, first = run_dir / "config.yaml", run_dir / "overrides.yaml"
+    resumed = (run_dir / "checkpoint.pt").exists()
+    if not config.exists() or not resumed:
+        atomic_write_text(config, OmegaConf.to_yaml(cfg, resolve=True))
+    else:
+        saved = OmegaConf.load(config)
+        if OmegaConf.select(saved, "trainer.epochs") != cfg.trainer.epochs:
+            saved.trainer.epochs = cfg.trainer.epochs
+            atomic_write_text(config, OmegaConf.to_yaml(saved, resolve=True))
+    if not first.exists() or not resumed:
+        atomic_write_text(first, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    entry = OmegaConf.to_yaml(OmegaConf.create([{"time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 "resumed": resumed, "overrides": list(overrides)}]))
+    with open(run_dir / "invocations.yaml", "a") as f:  # appended: a YAML list grows entry by entry
+        f.write(entry)
 
 
 def csv_text(fieldnames: list[str], rows: list[dict]) -> str:

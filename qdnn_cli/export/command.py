@@ -7,6 +7,7 @@ when every mode has passed its parity check: a failed export leaves nothing behi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -70,10 +71,8 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
     from .package import PACKAGE_NAME, write_package
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file: give a folder")
-    if out.exists() and any(out.iterdir()) and not options.force:
-        raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+    check_destination(out, Path(ckpt), options.force)
+    check_not_training(Path(ckpt), options.force, say)
     bit_cfg = BitConfig.load(options.config) if options.config is not None else None
     run = load_checkpoint_model(ckpt, set(options.modes or []), list(options.overrides), "cpu", bit_cfg)
     model, cfg, trained = run.model, run.cfg, run.trained
@@ -89,22 +88,25 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
     if data.num_classes != int(run.checkpoint["num_classes"]):
         raise ExportError(f"data has {data.num_classes} classes but the checkpoint was trained on "
                           f"{run.checkpoint['num_classes']}")
-    for m in untrained:
+    for m in untrained:  # only modes the run never trained: a trained mode is exported as trained
         calibrate_bn(model, data.train, m, options.calibrate_bn)
-    settings: list = list(modes)
-    if bit_cfg is not None:
-        if options.calibrate_bn > 0:
-            calibrate_bn(model, data.train, bit_cfg, options.calibrate_bn)
-        settings.append(bit_cfg)
+    settings: list = list(modes) + ([bit_cfg] if bit_cfg is not None else [])
     images, labels = _validation_slice(data.val, options.images, data.num_val)
     model.eval()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename: follow the umask as every output does
     try:
         rows, models, packed = [], {}, {}
         for setting in settings:
             label = "config" if isinstance(setting, BitConfig) else file_label(setting)
+            if label == "config" and options.calibrate_bn > 0:
+                # last, after every uniform mode is exported: the configuration's statistics are
+                # re-estimated into the per-mode BNs its layers use, trained modes' among them
+                calibrate_bn(model, data.train, bit_cfg, options.calibrate_bn)
             apply_bits(model, setting)
             graph = GraphBuilder(f"qdnn-{label}")
             logits_name, lowering = lower_model(model, graph, "images")
@@ -138,6 +140,7 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
         summary = {
             "checkpoint": str(ckpt), "epoch": run.checkpoint.get("epoch"), "model": run.checkpoint["model_name"],
             "trained_modes": [str(m) for m in trained], "calibrated_modes": [str(m) for m in untrained],
+            "calibrated_config": bool(bit_cfg is not None and options.calibrate_bn > 0),
             "input_shape": list(images.shape[1:]), "normalisation": _normalisation(data.val),
             "parity_images": int(len(labels)), "tolerance_points": options.tolerance,
             "package": {"file": PACKAGE_NAME, "bytes": package["bytes"],
@@ -156,6 +159,54 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _holds_a_run(folder: Path) -> Path | None:
+    """A qdnn run directory at or under ``folder`` (None if there is none)."""
+    for marker in ("config.yaml", "checkpoint.pt", "status.json", "metrics.csv"):
+        if (folder / marker).exists():
+            return folder
+    for marker in ("checkpoint.pt", "status.json"):
+        found = next(folder.rglob(marker), None)
+        if found is not None:
+            return found.parent
+    return None
+
+
+def check_destination(out: Path, ckpt: Path, force: bool) -> None:
+    """``--out`` may be new, empty, or (with ``--force``) an earlier export, which is
+    replaced. Nothing else is ever deleted: not the source run, not any folder that holds a
+    run or lies above one."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    resolved, source = out.resolve(), ckpt.resolve().parent
+    if resolved == source or resolved in source.parents:
+        raise ExportError(f"--out {out} holds the run being exported ({source}): give a new folder, "
+                          f"e.g. --out {source / 'export'}")
+    run = _holds_a_run(out)
+    if run is not None:
+        raise ExportError(f"--out {out} holds a qdnn run ({run}): export into a new folder; --force replaces only "
+                          "an earlier export")
+    if not (out / "export.json").is_file():
+        raise ExportError(f"{out} exists and is not a qdnn export (no export.json): choose another --out; "
+                          "--force replaces only an earlier export")
+    if not force:
+        raise ExportError(f"{out} holds an earlier export: choose another --out or pass --force to replace it")
+
+
+def check_not_training(ckpt: Path, force: bool, say) -> None:
+    """A run still training holds its directory's lock: its checkpoint is a moving target."""
+    from ..engine.checkpoint import RunLock
+
+    holder = RunLock(ckpt.parent).holder() if (ckpt.parent / ".lock").exists() else None
+    if holder is None:
+        return
+    message = f"{ckpt.parent} is still training ({holder}): {ckpt.name} is the epoch it last saved"
+    if not force:
+        raise ExportError(f"{message}; wait for the run to finish, or pass --force to export that checkpoint")
+    say(f"warning: {message}; exported as it is now (--force)")
 
 
 def _validation_slice(loader, limit: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,8 @@ def bench_export(folder: Path, threads: int = 2, repeats: int = 20, batches=(1, 
     folder = Path(folder)
     manifest = folder / "export.json"
     if not manifest.exists():
-        raise ExportError(f"{folder} is not a qdnn export (no export.json): run `qdnn export RUN --out {folder}` first")
+        hint = folder / "export" if (folder / "config.yaml").is_file() else folder  # a run: its own export folder
+        raise ExportError(f"{folder} is not a qdnn export (no export.json): run `qdnn export RUN --out {hint}` first")
     summary = json.loads(manifest.read_text())
     rows = summary["modes"]
     if threads < 1 or repeats < 1:

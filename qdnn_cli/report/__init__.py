@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..quant import sort_modes
-from .collect import collect, find_runs
+from .collect import _warn, collect, find_runs
 from .table import (BUDGET_AXES, INFO, budget_curves, build_table, cost_rows, load_reference, plot, plot_budget, to_csv,
                     to_markdown)
+from ..words import count
 
 
 def reference_names() -> list[str]:
@@ -39,11 +40,13 @@ def reference_path(reference: str) -> Path:
     return found
 
 
-def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path | None,
+def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path: Path | None,
                  reference: str | None, costs: bool = True, budget_plot: Path | None = None,
                  budget_axis: str = "epochs") -> str:
     from ..engine.rundir import atomic_write_text
 
+    if fmt is None:  # the file's name says what it is
+        fmt = "csv" if out is not None and Path(out).suffix.lower() == ".csv" else "markdown"
     if fmt not in ("markdown", "csv"):
         raise ValueError(f"--format {fmt!r}: choose markdown or csv")
     if budget_axis not in BUDGET_AXES:
@@ -53,10 +56,12 @@ def build_report(paths: list[Path], fmt: str, out: Path | None, plot_path: Path 
         raise FileNotFoundError(f"no qdnn runs (folders with config.yaml) under {', '.join(map(str, paths))}")
     long, shared = collect(runs)
     if long.empty:
-        raise FileNotFoundError(f"no evaluated epochs yet in the {len(runs)} runs under {', '.join(map(str, paths))}")
+        raise FileNotFoundError(f"no evaluated epochs yet in the {count(len(runs), 'run')} under {', '.join(map(str, paths))}")
     modes, table = build_table(long)
     if reference:
         refs = load_reference(reference_path(reference))
+        if refs.empty:
+            _warn(f"--reference {reference}: {reference_path(reference)} has no rows yet; nothing added")
         ref_modes = {c for c in refs.columns if c not in INFO and not str(c).endswith("_std")}
         modes = sort_modes(set(modes) | ref_modes, descending=True)
         table = pd.concat([table, refs], ignore_index=True)

@@ -223,6 +223,8 @@ def _variant_keys(run: RunRecord) -> dict:
     flat = {k: v for k, v in flatten(run.config).items() if not k.startswith(NON_VARIANT) and k not in BUDGET}
     if run.kind == "dedicated":  # its one bit-width is the column, not the variant
         flat.pop("quant.bits", None)
+    if flat.get("quant.bn") is not None:  # quant.bn decides; bit_specific_bn is its older spelling
+        flat.pop("quant.bit_specific_bn", None)
     return flat
 
 
