@@ -100,13 +100,13 @@ def _did_you_mean(key: str, experiment: str | None) -> str:
         return ""
     tree = OmegaConf.to_container(base, resolve=False)
     keys = _keys(tree)
-    close = difflib.get_close_matches(key, keys + list(tree), n=1, cutoff=0.75)
+    close = [c for c in difflib.get_close_matches(key, keys + list(tree), n=2, cutoff=0.75) if c != key][:1]
     if not close:  # a key without its group (``epochs``), or a misspelt last part
         tails: dict[str, list[str]] = {}
         for k in keys:
             tails.setdefault(k.rsplit(".", 1)[-1], []).append(k)
         near = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.8)
-        close = tails[near[0]][:2] if near else []
+        close = [c for c in tails[near[0]] if c != key][:2] if near else []
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 

@@ -8,7 +8,6 @@ into per-mode BNs so each mode can be calibrated alone.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -24,42 +23,8 @@ from .models import build_model
 from .quant import BitConfig, BitModeError, QuantSpec, model_modes, parse_mode, sort_modes
 from .quant.calibrate import mark_calibrated
 from .quant.mixed import check_config
-from .quant.modes import act_bits, mode_from_code, nearest_mode, weight_bits
-
-_MODE_KEY = re.compile(r"\.(bn|alpha|step)\.(\d+|w\d+a\d+|shared)(\.|$)")
-
-
-def expand_state(state: dict, target_keys) -> dict:
-    """The checkpoint's ``state`` mapped onto ``target_keys`` (the state dict keys of the
-    model being loaded, built for the trained modes plus any others): a per-mode BN of a
-    mode the checkpoint lacks starts from the nearest trained mode's, a shared-BN run's one
-    BN fills every mode's, a PACT clip level of untrained bits starts from the nearest
-    trained bits', and an LSQ step of untrained bits is zero (set again from data)."""
-    out, slots = {}, {}
-    for k, v in state.items():
-        if k.startswith("_qdnn."):
-            continue
-        m = _MODE_KEY.search(k)
-        if m:  # slot: the same entry across modes, e.g. layer1.0.bn1.bn.<mode>.weight
-            slots.setdefault((k[:m.start(2)], k[m.end(2):]), {})[m.group(2)] = v
-        else:
-            out[k] = v
-    for k in target_keys:
-        m = _MODE_KEY.search(k)
-        slot = slots.get((k[:m.start(2)], k[m.end(2):])) if m else None
-        if not slot:
-            continue  # not per mode (copied above), or absent: load_state_dict names it
-        want = m.group(2)
-        if want in slot:
-            out[k] = slot[want]
-        elif "shared" in slot:
-            out[k] = slot["shared"]
-        elif m.group(1) == "step":
-            out[k] = torch.zeros_like(next(iter(slot.values())))
-        else:
-            out[k] = slot[str(nearest_mode(parse_mode(want), [parse_mode(c) for c in slot]))]
-    return out
-
+from .quant.modes import act_bits, mode_from_code, weight_bits
+from .quant.transfer import expand_state
 
 @dataclass
 class LoadedRun:

@@ -101,6 +101,8 @@ class ModelConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     min_image_size: int = 1
     torchvision_weights: Optional[str] = None
+    init_from: Optional[str] = None     # a run directory or checkpoint whose weights start this run
+    init_sha256: Optional[str] = None   # written by qdnn: the hash of init_from's checkpoint at the start
 
 
 # -- data: one schema per family of data set -------------------------------------------

@@ -296,3 +296,71 @@ def test_sigterm_while_qdnn_starts_is_resumable_75(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 75, out
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- model.init_from
+@pytest.fixture(scope="module")
+def fp_source(tmp_path_factory):
+    """A plain full-precision tiny run: what a quantizable run starts from."""
+    out = tmp_path_factory.mktemp("init") / "fp"
+    r = qdnn("train", "quickstart", *tiny_overrides(out, "trainer.kind=dedicated", "quant.bits=[32]", "seed=5"))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_a_run_started_from_an_fp_run_is_that_model_in_its_fp_mode(fp_source, tmp_path):
+    """Before the first step the FP mode computes exactly what the source computes; every
+    quantized mode's BN starts from the source's BN; config.yaml names the source and its hash."""
+    from qdnn_cli.config import compose
+    from qdnn_cli.engine.init_from import file_sha256
+    from qdnn_cli.engine.loop import Trainer
+    from qdnn_cli.loaded_run import load_checkpoint_model
+    from qdnn_cli.quant import set_bit_mode
+
+    cfg = compose("quickstart", tiny_overrides(tmp_path / "q", f"model.init_from={fp_source}", "quant.bits=[2,4,32]"))
+    (tmp_path / "q").mkdir()
+    trainer = Trainer(cfg, tmp_path / "q")
+    trainer.setup()
+    source = load_checkpoint_model(fp_source / "checkpoint.pt", set(), device_name="cpu").model
+    x = torch.randn(16, 3, 8, 8)
+    model = trainer.model.eval()
+    set_bit_mode(model, 32)
+    with torch.no_grad():
+        # exact: the same weights through the same kernels (the trainer's memory layout)
+        if trainer.channels_last:
+            source.to(memory_format=torch.channels_last)
+        ours, theirs = model(x), source(x)
+        assert torch.equal(ours, theirs)
+    state = model.state_dict()
+    for key, value in source.state_dict().items():
+        if ".bn.32." in key:
+            assert torch.equal(state[key.replace(".bn.32.", ".bn.2.")], value), key
+    assert cfg.model.init_sha256 == file_sha256(fp_source / "checkpoint.pt")
+
+
+def test_an_initialised_run_resumes_to_the_numbers_of_an_uninterrupted_one(fp_source, tmp_path):
+    common = [f"model.init_from={fp_source}", "quant.bits=[2,32]", "trainer.epochs=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    r = qdnn("train", "quickstart", *tiny_overrides(straight, *common))
+    assert r.exit_code == 0 and "initialised from" in r.output, r.output
+    assert qdnn("train", "quickstart", *tiny_overrides(resumed, *common, "trainer.stop_after=1")).exit_code == 0
+    r = qdnn("train", "quickstart", *tiny_overrides(resumed, *common))
+    assert r.exit_code == 0 and "resumed from" in r.output and "initialised from" not in r.output, r.output
+    # exact: the same kernels in the same order in one process
+    strip = lambda rows: [(x["epoch"], x["mode"], x["split"], x["loss"], x["top1"]) for x in rows]  # noqa: E731
+    assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(resumed / "metrics.csv"))
+    saved = yaml.safe_load((straight / "config.yaml").read_text())["model"]
+    assert saved["init_from"] == str(fp_source) and len(saved["init_sha256"]) == 64
+
+
+def test_a_bad_init_source_is_one_line_and_nothing_is_written(fp_source, tmp_path):
+    cases = [([f"model.init_from={tmp_path / 'nowhere'}"], "no such run"),
+             ([f"model.init_from={fp_source}", "model.kwargs.width=16"], "model.kwargs"),
+             ([f"model.init_from={fp_source}", "data.num_classes=5"], "4 classes"),
+             ([f"model.init_from={fp_source}", "model=resnet20"], "is a tiny run")]
+    for i, (extra, says) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        base = [o for o in tiny_overrides(out) if not (o.startswith("model") and "model=resnet20" in extra)]
+        r = qdnn("train", "quickstart", *base, *extra)
+        assert r.exit_code == 2 and says in _error_line(r), (extra, r.output)
+        assert not out.exists(), extra

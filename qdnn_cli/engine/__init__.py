@@ -18,7 +18,7 @@ from .loop import Trainer, TrainingDiverged
 # pack switches it on for its members), so a run may resume either way.
 RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.checkpoint_every_minutes", "trainer.num_threads", "trainer.log_every",
                          "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers",
-                         "trainer.eval_batch_size", "trainer.mode_batch")
+                         "trainer.eval_batch_size", "trainer.mode_batch", "model.init_sha256")
 
 
 class RunMismatch(InputError):
@@ -80,6 +80,10 @@ def check_runnable(cfg: DictConfig, checked_data: set | None = None) -> None:
     device = resolve_device(t.device)
     if t.amp == "fp16" and device.type != "cuda":
         raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
+    if cfg.model.get("init_from"):
+        from .init_from import check_source
+
+        check_source(cfg)
     key = repr(sorted(OmegaConf.to_container(cfg.data, resolve=True).items()))
     if checked_data is None or key not in checked_data:
         ensure_available(cfg.data)

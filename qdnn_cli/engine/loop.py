@@ -82,6 +82,12 @@ class Trainer:
         if self.device.type == "cuda":
             # fixed input shapes: let cuDNN pick the fastest convolution per layer once
             torch.backends.cudnn.benchmark = True
+        self.init_path = None  # model.init_from's checkpoint, for a run that starts (not resumes)
+        if cfg.model.get("init_from") and not (resume and self.files.checkpoint.exists()):
+            from .init_from import check_source, file_sha256
+
+            self.init_path = check_source(cfg)
+            cfg.model.init_sha256 = file_sha256(self.init_path)  # config.yaml records what it started from
         self.start_epoch, self.best, self.history = 0, -1.0, []
         self.position = None  # where a mid-epoch checkpoint left the epoch start_epoch + 1
         self.stop = StopSignals()
@@ -136,6 +142,12 @@ class Trainer:
         if cfg.model.get("torchvision_weights"):
             state = safe_load(cfg.model.torchvision_weights)
             load_torchvision_weights(model, state.get("state_dict", state))
+        if self.init_path is not None:
+            from .init_from import init_model_from
+
+            source = init_model_from(model, self.init_path, d.num_classes, d.in_channels)
+            self.log(f"initialised from {self.init_path} (epoch {source['epoch']}; every mode's BN from its "
+                     f"{'FP' if source['modes'] == 32 else source['modes']} mode's)")
         model.to(self.device)
         if self.dist.enabled and self.cfg.trainer.get("sync_bn") and self.device.type == "cuda":
             # batch statistics over the global batch (NCCL); on CPU/gloo BN stays per process

@@ -25,7 +25,7 @@ from ..quant import mode_from_label, parse_mode
 NON_VARIANT = ("name", "seed", "out_dir", "logger", "data.root", "data.download", "data.workers", "trainer.device",
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
                "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope", "trainer.mode_batch",
-               "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind")
+               "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind", "model.init_sha256")
 BUDGET = ("trainer.epochs", "data.train_fraction")
 # readable names for the differences people ablate most
 FRIENDLY = {
@@ -35,6 +35,7 @@ FRIENDLY = {
     ("quant.bn", "private_stats"): "private BN statistics",
     ("loss.target", "next"): "next-mode target",
     ("trainer.mode_sampling", "sandwich"): "sandwich sampling",
+    ("model.init_from", "a trained run"): "started from a trained run",
 }
 
 
@@ -223,6 +224,8 @@ def _variant_keys(run: RunRecord) -> dict:
     flat = {k: v for k, v in flatten(run.config).items() if not k.startswith(NON_VARIANT) and k not in BUDGET}
     if run.kind == "dedicated":  # its one bit-width is the column, not the variant
         flat.pop("quant.bits", None)
+    if flat.get("model.init_from"):  # which run (one per seed) is not the variant; starting from one is
+        flat["model.init_from"] = "a trained run"
     if flat.get("quant.bn") is not None:  # quant.bn decides; bit_specific_bn is its older spelling
         flat.pop("quant.bit_specific_bn", None)
     return flat
