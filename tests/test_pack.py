@@ -103,8 +103,17 @@ def _grid(tmp_path, variants: dict) -> Path:
     return path
 
 
+@pytest.mark.numerics
 def test_full_precision_runs_in_a_pack_equal_the_runs_trained_alone(tmp_path):
-    """Three epochs of three runs (two seeds, two losses) at full precision."""
+    """Three epochs of three runs (two seeds, two losses) at full precision.
+
+    Kind: a float32 bound measured across kernel variants. A pack runs grouped
+    convolutions, a run alone plain ones: the same sums in another order. Even at full
+    precision this tiny ResNet-20 (8 px images, batch 32) now and then amplifies that
+    1e-7 into 1e-4 within a step or two: measured relative loss differences and weight
+    distances of 0 to 1.3e-4 over six steps, natively (AVX2) and with
+    ATEN_CPU_CAPABILITY=default, at 1 and 2 threads, and 1.1e-4 reported on an AVX-512
+    machine. The bound, 2e-3, leaves 15x margin; two seeds differ by > 0.1."""
     grid = _grid(tmp_path, {"seed0": ["trainer.kind=dedicated", "quant.bits=[32]"],
                             "seed1": ["trainer.kind=dedicated", "quant.bits=[32]", "seed=1"],
                             "seed1_subset": ["trainer.kind=dedicated", "quant.bits=[32]", "seed=1",
@@ -121,8 +130,8 @@ def test_full_precision_runs_in_a_pack_equal_the_runs_trained_alone(tmp_path):
         assert sorted(p.name for p in packed.iterdir()) == sorted(p.name for p in alone.iterdir())
         for a, b in zip(read_csv(packed / "metrics.csv"), read_csv(alone / "metrics.csv")):
             assert (a["epoch"], a["mode"], a["split"]) == (b["epoch"], b["mode"], b["split"])
-            assert float(a["loss"]) == pytest.approx(float(b["loss"]), abs=1e-4), (leaf, a, b)
-        assert _relative_distance(_params(packed), _params(alone)) < 1e-4, leaf
+            assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=2e-3), (leaf, a, b)
+        assert _relative_distance(_params(packed), _params(alone)) < 2e-3, leaf
         assert json.loads((packed / "status.json").read_text())["state"] == "finished"
     assert _relative_distance(_params(tmp_path / "packed" / "seed0"), _params(tmp_path / "packed" / "seed1")) > 0.1
 
