@@ -13,13 +13,19 @@ def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
                          "--pack-sizes", "1,2", "--pack-batch", "4"])
     for key in ("quant_overhead", "joint_ratio", "speedup_vs_naive", "joint_time_vs_contiguous",
                 "cpu_train_images_per_s", "cpu_data_time_share", "cpu_mode_batch_ratio", "cpu_pack_ratio_1",
-                "cpu_pack_ratio_2", "cpu_pack_ratio_vs_mode_batch_2", "cpu_pack_tflops_2"):
+                "cpu_pack_ratio_2", "cpu_pack_ratio_vs_mode_batch_2", "cpu_pack_tflops_2",
+                "matmul_tflops_float32", "matmul_tflops_bf16", "cpu_step_roofline_share_fp32_per_mode"):
         assert math.isfinite(ratios[key]) and ratios[key] > 0, key
     assert 0 <= ratios["cpu_data_time_share"] < 1
     assert json.loads(out.read_text()) == ratios
     printed = capsys.readouterr().out
     assert "quant_overhead = " in printed and "(target <= 1.15" in printed and "data_time_share = " in printed
     assert "cpu_mode_batch_ratio = " in printed and "N=2 " in printed and "TFLOP/s" in printed
+    # the precision section says which bf16 this CPU has, and times bf16 only where it is native
+    from qdnn_cli.bench.bf16 import native_bf16
+
+    assert ("native bf16 (" in printed) == (native_bf16() is not None)
+    assert ("bf16_step_speedup" in ratios) == (native_bf16() is not None)
 
 
 @pytest.mark.slow

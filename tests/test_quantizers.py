@@ -137,3 +137,33 @@ def test_gradient_through_dorefa_max_follows_dorefas_definition():
     (dorefa_weight(w3, 3) * g).sum().backward()
     differs = (w.grad - w3.grad).abs() > 1e-6
     assert differs.sum() == 1 and differs.view(-1)[torch.tanh(w.detach()).abs().argmax()]
+
+
+@pytest.mark.parametrize("kind", ["dorefa", "pact", "lsq"])
+def test_quantizers_round_in_float32_under_cpu_bf16_autocast(kind):
+    """trainer.amp=bf16 on the CPU: bf16 has 8 bits of mantissa, so an 8-bit grid rounded in
+    bf16 would lose levels. Every quantizer must compute in float32 under autocast and give
+    exactly the float32 result (exact: the same float32 kernels run in both cases)."""
+    from qdnn_cli.models import build_model
+    from qdnn_cli.quant import QuantSpec, set_bit_mode
+    from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated
+
+    x = torch.rand(8, 4, 5, 5).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = quantize_unit(x, 8)
+    assert y.dtype == torch.float32 and torch.equal(y, affine_reference(x.float(), 8))
+    torch.manual_seed(0)
+    model = build_model("tiny", QuantSpec((8, 32), kind, kind), 4, 3, width=8).eval()
+    batch = torch.randn(4, 3, 8, 8)
+    calibrate_quantizers(model, batch, (8, 32))
+    mark_calibrated(model)
+    set_bit_mode(model, 8)
+    conv, act = model.conv2, torch.rand(4, 8, 8, 8) * 1.2
+    with torch.no_grad():
+        plain_w = conv.weight_quant(conv.weight, conv.w_bits)
+        plain_a = conv.act_quant(act, conv.a_bits)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto_w = conv.weight_quant(conv.weight, conv.w_bits)
+            auto_a = conv.act_quant(act, conv.a_bits)
+    assert auto_w.dtype == auto_a.dtype == torch.float32
+    assert torch.equal(auto_w, plain_w) and torch.equal(auto_a, plain_a)

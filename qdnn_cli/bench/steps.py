@@ -8,6 +8,8 @@ as medians, so machine noise hits every variant alike. Ratios:
 * speedup_vs_naive = step(naive joint) / step(joint)        (target ≥ 1.6)
 * mode_batch_ratio, pack_ratio_N: the mode-batched step and N packed runs against
   today's step (:mod:`qdnn_cli.bench.batching`), on the CPU and, where present, on CUDA
+* bf16_step_speedup: the joint step in bf16 autocast against float32 on the CPU, with
+  both against the CPU's own matmul rates (:mod:`qdnn_cli.bench.bf16`)
 
 (Longer than the ~350 lines we aim for: every variant, CPU and CUDA, lives in this one
 module so they are all timed side by side in one process, as the ratios require.)
@@ -327,6 +329,9 @@ def main(argv=None):
     p.add_argument("--cuda-variants", help="comma-separated subset of the CUDA step variants")
     p.add_argument("--profile", action="store_true", help="GPU kernel time per step of compiled variants")
     p.add_argument("--no-batching", action="store_true", help="skip the mode-batch and packed-runs section")
+    p.add_argument("--no-precision", action="store_true", help="skip the float32-against-bf16 section on the CPU")
+    p.add_argument("--bf16-anyway", action="store_true",
+                   help="time the bf16 step even on a CPU without native bf16 (minutes per step)")
     p.add_argument("--pack-sizes", default="1,2,4,8", help="runs per pack to time on the CPU (CUDA: these and 16)")
     p.add_argument("--pack-batch", type=int, default=32, help="per-run batch of the packed-runs figures on the CPU")
     p.add_argument("--json", help="also write every figure to this JSON file")
@@ -348,6 +353,10 @@ def main(argv=None):
     sizes = tuple(int(n) for n in args.pack_sizes.split(","))
     if not args.no_cpu:
         ratios.update(cpu_section(args, modes, make, x, y, loss_fn))
+        if not args.no_precision:
+            from . import bf16
+
+            ratios.update(bf16.run(tuple(modes), args.batch, max(3, args.repeats // 2), args.bf16_anyway))
         if not args.no_batching:
             ratios.update(batching.run("cpu", args.model, modes, args.batch, args.pack_batch, sizes,
                                          max(3, args.repeats // 2), args.channels_last))
