@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test test-all quickstart bench ddp-smoke device-site device-data device-data-full device-check device-table clean
+.PHONY: install test test-kernels test-all quickstart bench ddp-smoke device-site device-data device-data-full device-check device-table clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,6 +16,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tests that compare two float computations, again on other kernels than this CPU's
+# best: another instruction set and one thread (what another machine's sums look like).
+KERNELS ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1
+test-kernels: $(STAMP)
+	env $(KERNELS) $(BIN)/python -m pytest -q -m 'numerics and not slow'
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "qdnn_cli"
 
 # bottom to top; a unit may import from its floor and those below it
 FLOORS = [
-    ("ground", ["errors", "schema"]),
+    ("ground", ["errors", "schema", "startup", "words"]),
     ("quantization", ["quant"]),
     ("networks and data", ["models", "data"]),
     ("costs", ["cost"]),

@@ -5,12 +5,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import pytest
 
-from conftest import tiny_overrides
+from conftest import inductor_builds, tiny_overrides
 from helpers import qdnn
 from qdnn_cli.models import build_model
 from qdnn_cli.quant import QuantSpec
 from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calibration
 from qdnn_cli.quant.quantizers import LSQQuantizer
+
+
+# Float comparisons here: exact: calibration is elementwise statistics of one batch, computed by the same
+# kernels on each side (ranks, or the lazy and explicit forms in one process).
+pytestmark = pytest.mark.numerics
 
 MODES = (2, 4, 32)
 
@@ -86,6 +91,7 @@ def test_calibrated_steps_are_equal_across_two_gloo_ranks(tmp_path):
     assert all(torch.equal(a[k], v) for k, v in _steps(net).items())
 
 
+@inductor_builds
 def test_calibrated_lsq_compiles_as_one_whole_step_graph():
     from qdnn_cli.engine.compile import compile_step, whole_step
     from qdnn_cli.engine.losses import QuantizableLoss

@@ -156,6 +156,8 @@ def test_subset_seed_fixes_the_training_subset_across_run_seeds(tmp_path):
     assert torch.equal(subset(7, None), fixed)
 
 
+# Float comparison, allclose on the normalisation: the same uint8 images through the same elementwise maths
+@pytest.mark.numerics
 def test_device_data_ships_the_subset_and_rebuilds_the_same_training_data(tmp_path):
     """scripts/device_data.py: pack the images a run with train_fraction / subset_seed uses,
     unpack them elsewhere with placeholders for the rest: the run sees the same subset,

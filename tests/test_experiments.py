@@ -201,6 +201,9 @@ def test_eval_untrained_mode_needs_calibration(tmp_path):
     assert float(rows["4"]["top1"]) == float(read_csv(run / "results.csv")[0]["top1"])
 
 
+# Float comparison, exact kernels, rel 1e-6: the same evaluation of the same statistics, once for two modes and
+# once for one
+@pytest.mark.numerics
 def test_recalibrate_trained_gives_a_shared_bn_model_statistics_per_mode(tmp_path):
     """A shared-BN model evaluated with statistics re-estimated per mode: each mode's number
     equals a one-mode evaluation's (one mode's statistics never reach another's), and

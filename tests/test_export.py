@@ -54,6 +54,10 @@ def _session(path, optimized=None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+# Float comparison, float32 bound: ONNX Runtime's integer sums are exact, PyTorch's float convolutions are not;
+# 1e-4 of the logits' scale holds on any kernel while no rounding level flips (checked on 24 inputs, the argmax
+# must agree)
+@pytest.mark.numerics
 def test_every_mode_predicts_as_qdnn_does(trained, exported):
     rows = {r["mode"]: r for r in read_csv(exported / "export.csv")}
     assert set(rows) == set(LABELS.values())

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import inductor_builds, tiny_overrides
 from helpers import qdnn, read_csv
 
 
@@ -48,6 +48,7 @@ def test_compile_option_sets_a_recompile_budget_per_mode():
     assert compiled._orig_mod is net
 
 
+@inductor_builds
 def test_compiled_training_runs_on_cpu(tmp_path):
     # default suite: the only CPU test of a compiled (compile_scope=mode) training run
     r = qdnn("train", "quickstart", *tiny_overrides(tmp_path / "r", "trainer.compile=true", "trainer.epochs=1"))

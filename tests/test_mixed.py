@@ -288,6 +288,8 @@ def test_knapsack_keeps_to_a_budget_with_no_slack():
     assert allocate(space, measure_sensitivity(space, _toy_damage, reference), reference) == space.cheapest()
 
 
+# Float comparison, the KL of a distribution to itself is 0 up to float32 log rounding (1e-6)
+@pytest.mark.numerics
 def test_kl_to_full_precision_is_zero_for_full_precision_and_positive_below():
     from qdnn_cli.data.tensor_loader import TensorBatches
     from qdnn_cli.search import reference_logprobs, score_against
@@ -330,6 +332,8 @@ def test_search_by_sensitivity_writes_its_table_and_picks_by_kl(trained_run, tmp
     assert bad.exit_code == 2 and "--metric 'loss'" in bad.output
 
 
+# Float comparison, exact: the configuration and the mode run the same kernels
+@pytest.mark.numerics
 @pytest.mark.parametrize("bits", [3, 8, 32])
 def test_a_uniform_search_choice_is_exactly_that_mode_stem_bn_included(bits):
     from qdnn_cli.search import Space

@@ -26,6 +26,11 @@ from qdnn_cli.quant import QuantSpec, quantized_layers, set_bit_mode
 from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated
 from qdnn_cli.quant.slots import mode_batch, split_slots
 
+
+# Float comparisons here: float64 for every equivalence (see the module docstring); one engine step in
+# float32 against a measured bound.
+pytestmark = pytest.mark.numerics
+
 MODES = [32, 8, 4, 3, 2]
 
 

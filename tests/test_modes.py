@@ -10,6 +10,10 @@ from qdnn_cli.quant.mixed import quantized_layers
 from qdnn_cli.quant.modes import mode_from_label, mode_code, mode_from_code, mode_label
 
 
+# Float comparisons here: exact: a wXaY mode and the setting it stands for run the same kernels.
+pytestmark = pytest.mark.numerics
+
+
 def test_modes_parse_order_and_round_trip_through_checkpoint_codes():
     assert [parse_mode(v) for v in (4, "4", "w4a4", "fp", "32", "W2A4", "w8a32")] == [4, 4, 4, 32, 32, "w2a4", "w8a32"]
     # cost order (bits per MAC, then weight bits): uniform modes keep their numeric order

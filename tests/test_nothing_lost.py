@@ -308,6 +308,8 @@ def fp_source(tmp_path_factory):
     return out
 
 
+# Float comparison, exact: the same weights through the same kernels and memory layout
+@pytest.mark.numerics
 def test_a_run_started_from_an_fp_run_is_that_model_in_its_fp_mode(fp_source, tmp_path):
     """Before the first step the FP mode computes exactly what the source computes; every
     quantized mode's BN starts from the source's BN; config.yaml names the source and its hash."""
@@ -338,6 +340,8 @@ def test_a_run_started_from_an_fp_run_is_that_model_in_its_fp_mode(fp_source, tm
     assert cfg.model.init_sha256 == file_sha256(fp_source / "checkpoint.pt")
 
 
+# Float comparison, exact: one process, the same kernels in the same order
+@pytest.mark.numerics
 def test_an_initialised_run_resumes_to_the_numbers_of_an_uninterrupted_one(fp_source, tmp_path):
     common = [f"model.init_from={fp_source}", "quant.bits=[2,32]", "trainer.epochs=2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -26,6 +26,12 @@ from qdnn_cli.quant import QuantSpec
 from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated
 from qdnn_cli.quant.slots import PackError, check_packable, pack_batch, pack_inputs, split_slots
 
+
+# Float comparisons here: float64 for the step equivalences (to 1e-9, as test_mode_batch); exact for a resumed pack
+# against an uninterrupted one (same kernels, same order, one process); measured float32
+# bounds for whole engine runs, each stated where it is used.
+pytestmark = pytest.mark.numerics
+
 SMALL = ["data=synthetic", "data.train_size=64", "data.val_size=32", "data.image_size=8", "data.num_classes=4",
          "model=resnet20", "trainer.batch_size=32", "trainer.eval_batch_size=32", "trainer.device=cpu",
          "trainer.progress=false", "optim.lr=0.01"]

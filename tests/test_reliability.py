@@ -23,6 +23,9 @@ def _one_error_line(result):
 
 
 # ----------------------------------------------------------------------------- kill -9
+# Float comparison, exact: a subprocess and this process at the session's one thread count run the same kernels
+# in the same order
+@pytest.mark.numerics
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     common = ["data.train_size=768", "trainer.batch_size=16", "trainer.epochs=3", "model.kwargs.width=16",
               "quant.bits=[2,32]"]
@@ -200,6 +203,8 @@ def _stream_overrides(tree, out, *extra):
             "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}", *extra]
 
 
+# Float comparison, exact: as the kill -9 test above (one thread count for both processes)
+@pytest.mark.numerics
 def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path):
     tree = _stream_tree(tmp_path / "tree")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -223,6 +228,8 @@ def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# Float comparison, exact: as the kill -9 test above (one thread count for both processes)
+@pytest.mark.numerics
 def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path):
     import time
 
