@@ -234,7 +234,8 @@ def export(
     images: int = typer.Option(0, "--images", help="validation images for the parity check (0: all)"),
     calibrate_bn: int = typer.Option(0, "--calibrate-bn", help="re-estimate BN of untrained modes from N training batches"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
-    force: bool = typer.Option(False, "--force", help="replace a non-empty --out folder"),
+    force: bool = typer.Option(False, "--force", help="replace an earlier export in --out (never a run), or export "
+                               "a run that is still training"),
     bench: bool = typer.Option(False, "--bench", help="time every mode in ONNX Runtime afterwards (as bench-export)"),
     threads: int = typer.Option(2, "--threads", help="ONNX Runtime threads for --bench"),
 ):
