@@ -213,6 +213,8 @@ def eval_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="a per-layer bit configuration (YAML) to evaluate too"),
     recalibrate_trained: bool = typer.Option(False, "--recalibrate-trained",
                                              help="re-estimate the trained modes' BN statistics too (needs --calibrate-bn N)"),
+    split: str = typer.Option("val", "--split", help="val, or train: the images the run trained on, un-augmented "
+                              "(the train/validation gap)"),
 ):
     """Evaluate a trained model in any bit modes (and a per-layer bit configuration);
     untrained bit-widths need --calibrate-bn N.
@@ -220,7 +222,7 @@ def eval_cmd(
     Example: qdnn eval runs/cifar100/20261128-160000 --bits 3,5 --calibrate-bn 20"""
     from .commands import evaluate_run
 
-    evaluate_run(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained)
+    evaluate_run(target, overrides or [], bits, calibrate_bn, checkpoint, device, config, recalibrate_trained, split)
 
 
 @app.command()

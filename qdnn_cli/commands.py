@@ -326,7 +326,7 @@ def resolve_checkpoint(target: Path, which: str) -> Path:
 
 
 def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate_bn: int, which: str,
-             device: str, config: Path | None = None, recalibrate_trained: bool = False) -> Path:
+             device: str, config: Path | None = None, recalibrate_trained: bool = False, split: str = "val") -> Path:
     """Evaluate a checkpoint in any modes (and a per-layer bit configuration); writes
     ``eval-<ckpt>-<time>.csv`` beside it."""
     from rich.table import Table
@@ -339,10 +339,12 @@ def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate
     bit_cfg = BitConfig.load(config) if config is not None else None
     rows, meta = evaluate_checkpoint(ck, parse_bits(bits) if bits else None, calibrate_bn, overrides, device,
                                      bit_cfg, f"config {config.name}" if config is not None else "config",
-                                     recalibrate_trained)
-    out = ck.parent / f"eval-{ck.stem}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+                                     recalibrate_trained, split)
+    which_split = "" if split == "val" else f"{split}-"
+    out = ck.parent / f"eval-{ck.stem}-{which_split}{time.strftime('%Y%m%d-%H%M%S')}.csv"
     write_csv(out, rows)
-    table = Table(title=f"{ck} (epoch {meta['epoch']}, trained modes {meta['trained']})")
+    images = "validation images" if split == "val" else "training images, un-augmented"
+    table = Table(title=f"{ck} (epoch {meta['epoch']}, trained modes {meta['trained']}; {images})")
     for col in ("bits", "top-1 %", "top-5 %", "loss", "size MB", "GBOPs", "BN"):
         table.add_column(col, justify="right")
     for r in rows:

@@ -81,16 +81,21 @@ def config_extra_modes(config: BitConfig, trained) -> set:
 
 def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides: list[str] = (),
                         device_name: str = "auto", config: BitConfig | None = None,
-                        config_name: str = "config", recalibrate_trained: bool = False) -> tuple[list[dict], dict]:
+                        config_name: str = "config", recalibrate_trained: bool = False,
+                        split: str = "val") -> tuple[list[dict], dict]:
     """Rows of (mode, top-1, top-5, loss, size, BOPs, trained, calibrated) for a checkpoint:
     its bit modes (or ``bits``) and, with ``config``, a per-layer configuration, whose BN
     statistics are re-estimated from ``calibrate`` training batches when that is given.
     Untrained modes are always re-estimated; trained ones too with ``recalibrate_trained``
     (one set of statistics per mode for a shared-BN model, or trained against re-estimated
     BN). ``overrides`` (``key=value``, e.g. ``data.root=...``) change the run's saved config
-    and are validated as ``qdnn train`` validates its own."""
+    and are validated as ``qdnn train`` validates its own. ``split``: ``val`` (the validation
+    split) or ``train`` (the images the run trained on, un-augmented: the other side of the
+    train/validation gap)."""
     if calibrate < 0:
         raise ValueError(f"--calibrate-bn {calibrate}: give a number of training batches >= 0 (0: no re-estimation)")
+    if split not in ("val", "train"):
+        raise ValueError(f"--split {split!r}: choose val or train")
     bits = [parse_mode(b) for b in bits] if bits else None
     run = load_checkpoint_model(ckpt_path, set(bits or []), overrides, device_name, config)
     model, cfg, trained = run.model, run.cfg, run.trained
@@ -114,16 +119,23 @@ def evaluate_checkpoint(ckpt_path, bits: list | None, calibrate: int, overrides:
     # so each mode's statistics are re-estimated without touching another's
     calibrated = {m: calibrate_bn(model, data.train, m, calibrate) for m in modes
                   if recalibrate_trained or m not in trained}
-    results = evaluate(model, data.val, modes)
+    images = data.val
+    if split == "train":
+        from .data import build_trained_images
+
+        images = build_trained_images(cfg.data, int(t.eval_batch_size), run.device, int(cfg.seed))
+    results = evaluate(model, images, modes)
     rows = []
     for m in sort_modes(modes, descending=True):
         rows.append(_row(m, results[m], run_costs(run, m), m in trained, calibrated.get(m)))
     if config is not None:
         before = bn_state(model)
         seen = calibrate_bn(model, data.train, config, calibrate) if calibrate > 0 else None
-        result = evaluate(model, data.val, [config])[config]
+        result = evaluate(model, images, [config])[config]
         load_bn_state(model, before)
         rows.append(_row(config_name, result, run_costs(run, config), not untrained, seen))
+    for row in rows:
+        row["split"] = split
     return rows, {"trained": trained, "epoch": run.checkpoint.get("epoch")}
 
 

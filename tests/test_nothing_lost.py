@@ -368,3 +368,28 @@ def test_a_bad_init_source_is_one_line_and_nothing_is_written(fp_source, tmp_pat
         r = qdnn("train", "quickstart", *base, *extra)
         assert r.exit_code == 2 and says in _error_line(r), (extra, r.output)
         assert not out.exists(), extra
+
+
+def test_eval_on_the_training_images_gives_the_other_side_of_the_gap(two_runs):
+    """--split train evaluates the images the run trained on (its subset, un-augmented):
+    the same numbers as evaluating those images by hand, and a one-line error for a bad split."""
+    from qdnn_cli.config import load_run_config
+    from qdnn_cli.data import build_trained_images
+    from qdnn_cli.engine.evaluation import evaluate
+    from qdnn_cli.loaded_run import load_checkpoint_model
+
+    run = two_runs / "run2"
+    r = qdnn("eval", run, "--split", "train", "--device", "cpu")
+    assert r.exit_code == 0 and "training images" in r.output, r.output
+    (csv_path,) = run.glob("eval-checkpoint-train-*.csv")
+    rows = {x["mode"]: x for x in read_csv(csv_path)}
+    assert {x["split"] for x in rows.values()} == {"train"}
+    cfg = load_run_config(run)
+    images = build_trained_images(cfg.data, 48, torch.device("cpu"), int(cfg.seed))
+    assert sum(len(y) for _, y in images) == 96  # data.train_size of the tiny run
+    model = load_checkpoint_model(run / "checkpoint.pt", set(), device_name="cpu").model
+    expected = evaluate(model, images, [4, 32])
+    for m in (4, 32):
+        assert float(rows[str(m)]["top1"]) == pytest.approx(expected[m]["top1"], abs=1e-4)  # same kernels, same batches
+    r = qdnn("eval", run, "--split", "test")
+    assert r.exit_code == 2 and "--split" in _error_line(r)

@@ -114,6 +114,19 @@ def build_data(d, batch_size: int, eval_batch_size: int, device: torch.device, s
                       src.classes, int(train.labels.numel()), int(src.val.labels.numel()))
 
 
+def build_trained_images(d, eval_batch_size: int, device: torch.device, seed: int) -> TensorBatches:
+    """The images a run trained on (its ``data.train_fraction`` subset), in order, with
+    neither augmentation nor shuffling: the training side of a train/validation gap."""
+    src = load_source(d, seed)
+    if not src.in_memory:
+        raise DataError("evaluating on the training images needs an in-memory data set (CIFAR-sized images)")
+    fraction = float(d.get("train_fraction", 1.0))
+    labels = src.train.labels
+    idx = stratified_subset(labels, fraction, subset_seed(d, seed)) if fraction != 1 else torch.arange(len(labels))
+    return TensorBatches(src.train.images[idx], labels[idx], eval_batch_size, src.mean, src.std, device,
+                         shuffle=False)
+
+
 def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: torch.device,
                   n_images: int, n_rerank: int = 0) -> tuple[TensorBatches, TensorBatches, TensorBatches | None, str]:
     """For post-training searches: (training batches as in training, for BN
@@ -163,5 +176,5 @@ def build_holdout(d, seed: int, batch_size: int, eval_batch_size: int, device: t
     return calib, batches(idx), rerank, described
 
 
-__all__ = ["build_data", "ensure_available", "build_holdout", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
+__all__ = ["build_data", "ensure_available", "build_holdout", "build_trained_images", "DataBundle", "DataError", "TensorBatches", "Augment", "random_crop_flip",
            "stratified_subset", "CIFAR_STATS", "DATA_SOURCES"]
