@@ -236,6 +236,10 @@ def export(
     images: int = typer.Option(0, "--images", help="validation images for the parity check (0: all)"),
     calibrate_bn: int = typer.Option(0, "--calibrate-bn", help="re-estimate BN of untrained modes from N training batches"),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
+    form: str = typer.Option("integer", "--format", help="integer (ConvInteger kernels) or qdq "
+                             "(QuantizeLinear/DequantizeLinear around float operators, fused by the runtime)"),
+    residual: str = typer.Option("int8", "--residual", help="qdq: a convolution feeding a float residual sum "
+                                 "ends in int8 (fused, its output rounded to 8 bits) or stays float (exact, slower)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier export in --out (never a run), or export "
                                "a run that is still training"),
     bench: bool = typer.Option(False, "--bench", help="time every mode in ONNX Runtime afterwards (as bench-export)"),
@@ -248,7 +252,8 @@ def export(
     Example: qdnn export runs/cifar100/20261128-160000 --modes 2,4,32 --out deploy/ --bench"""
     from .commands import export_run
 
-    export_run(target, overrides or [], modes, config, out, images, calibrate_bn, checkpoint, force, bench, threads)
+    export_run(target, overrides or [], modes, config, out, images, calibrate_bn, checkpoint, force, bench, threads,
+               form, residual)
 
 
 @app.command("bench-export")

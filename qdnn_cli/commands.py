@@ -359,7 +359,8 @@ def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate
 
 # ----------------------------------------------------------------------------- export
 def export_run(target: Path, overrides: list[str], bits: str | None, config: Path | None, out: Path | None,
-               images: int, calibrate_bn: int, which: str, force: bool, bench: bool, threads: int) -> Path:
+               images: int, calibrate_bn: int, which: str, force: bool, bench: bool, threads: int,
+               form: str = "integer", residual: str = "int8") -> Path:
     """``qdnn export``: every mode as an ONNX model with integer kernels, parity-checked;
     ``--bench`` times them too."""
     from rich.table import Table
@@ -374,7 +375,8 @@ def export_run(target: Path, overrides: list[str], bits: str | None, config: Pat
     ck = resolve_checkpoint(target, which)
     out = out or ck.parent / "export"
     options = ExportOptions(parse_bits(bits, "--modes") if bits else None, config, images, calibrate_bn,
-                            overrides=tuple(overrides), force=force)
+                            overrides=tuple(overrides), force=force, form=form,
+                            residual=residual)
     summary = export_checkpoint(ck, out, options, say=console.print)
     rows = summary["modes"]
     if bench:

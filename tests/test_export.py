@@ -203,8 +203,8 @@ def test_a_mixed_configuration_exports_beside_the_modes(trained, tmp_path):
 
 def test_a_failed_parity_check_names_the_mode_and_writes_nothing(trained, tmp_path):
     out = tmp_path / "deploy"
-    with pytest.raises(ExportError, match=r"^mode fp: ONNX Runtime top-1"):
-        export_checkpoint(trained / "checkpoint.pt", out, ExportOptions(tolerance=-1.0), say=lambda *_: None)
+    with pytest.raises(ExportError, match=r"^mode fp: the ONNX model does not compute what qdnn computes"):
+        export_checkpoint(trained / "checkpoint.pt", out, ExportOptions(max_logit_error=-1.0), say=lambda *_: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,3 +258,101 @@ def test_the_report_adds_size_on_disk_and_latency_rows(trained):
     assert "ONNX Runtime CPU latency, batch 32 (ms)" in r.output
     shutil.rmtree(trained / "export")
     assert "exported" not in qdnn("report", trained).output
+
+
+# ----------------------------------------------------------------------------- the QDQ form and parity
+@pytest.fixture(scope="module")
+def exported_qdq(trained):
+    out = trained.parent / "deploy_qdq"
+    r = qdnn("export", trained, "--format", "qdq", "--modes", "2,4,32", "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _tampered(path, out, how):
+    """``path``'s model with one weight channel damaged: its scale doubled, or its codes'
+    sign flipped (levels p -> top - p)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    inits = {i.name: i for i in model.graph.initializer}
+    if how == "scale":
+        name = next(n for n in inits if n.endswith(("weight_scale", "out_scale")) and "conv2" in n)
+        arr = numpy_helper.to_array(inits[name]).copy()
+        arr.reshape(-1)[0] *= 2
+    else:
+        name = next(n for n in inits if "conv2" in n and "weight_level" in n)
+        arr = numpy_helper.to_array(inits[name]).astype(np.int32)
+        top = arr.max()
+        arr[0] = top - arr[0]
+        arr = arr.astype(numpy_helper.to_array(inits[name]).dtype)
+    inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    onnx.save(model, out)
+    return out
+
+
+@pytest.mark.parametrize("form", ["integer", "qdq"])
+def test_parity_passes_a_correct_export_and_fails_one_wrong_scale_or_sign(trained, exported, exported_qdq, form,
+                                                                           tmp_path):
+    from qdnn_cli.export.command import _parity_row, parity_failure
+
+    folder = exported if form == "integer" else exported_qdq
+    run = load_checkpoint_model(trained / "checkpoint.pt", set())
+    set_bit_mode(run.model, 4)
+    x = torch.randn(64, 3, 8, 8)
+    labels = np.zeros(64, np.int64)
+    with torch.no_grad():
+        ours = run.model(x).numpy()
+
+    def verdict(path):
+        theirs = _session(path).run(None, {"images": x.numpy()})[0]
+        row = _parity_row("4bit", ours, theirs, labels, type("L", (), {"int_layers": 0, "float_layers": 0}), path)
+        return parity_failure(row, len(labels), ExportOptions())
+    assert verdict(folder / "4bit.onnx") is None
+    for how in ("scale", "sign"):
+        assert verdict(_tampered(folder / "4bit.onnx", tmp_path / f"{how}.onnx", how)) is not None, how
+
+
+def test_the_qdq_form_runs_every_quantized_convolution_as_one_integer_kernel(exported_qdq, tmp_path):
+    """ONNX Runtime's optimised graph: a QLinearConv for each quantized convolution (the
+    tiny net's conv2 and conv3), no float Conv left but the full-precision first one."""
+    for label in ("2bit", "4bit"):
+        optimized = tmp_path / f"{label}.opt.onnx"
+        _session(exported_qdq / f"{label}.onnx", optimized)
+        ops = [n.op_type for n in onnx.load(optimized).graph.node]
+        assert ops.count("QLinearConv") == 2, ops
+        assert ops.count("Conv") + ops.count("FusedConv") == 1, ops
+    summary = json.loads((exported_qdq / "export.json").read_text())
+    assert summary["format"] == "qdq"
+    rows = {r["mode"]: r for r in read_csv(exported_qdq / "export.csv")}
+    assert float(rows["4bit"]["argmax_agreement"]) >= 0.97
+
+
+def test_a_negative_bn_scale_is_exported_by_flipping_the_codes(trained, tmp_path):
+    """A BN with negative γ in front of the QDQ weights: codes flipped, scale kept positive,
+    and the ONNX model still computes what qdnn does."""
+    run = load_checkpoint_model(trained / "checkpoint.pt", set())
+    model = run.model
+    set_bit_mode(model, 4)
+    with torch.no_grad():
+        bn = model.bn2.bn["4"]
+        bn.weight[:3] = -bn.weight[:3].abs() - 0.5
+    graph = GraphBuilder("neg", "qdq")
+    logits, _ = lower_model(model.eval(), graph, "images")
+    path = tmp_path / "neg.onnx"
+    onnx.save(graph.model("images", (3, 8, 8), logits, 4, "test"), path)
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        ours = model(x).numpy()
+    theirs = _session(path).run(None, {"images": x.numpy()})[0]
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.95
+    assert np.median(np.abs(ours - theirs).max(1) / (ours.max(1) - ours.min(1))) <= 0.02
+    signs = [i for i in onnx.load(path).graph.initializer if i.name.endswith("code_sign")]
+    assert signs and (onnx.numpy_helper.to_array(signs[0]).reshape(-1)[:3] == -1).all()
+
+
+def test_a_misspelt_format_and_a_mode_without_a_qdq_form_are_one_line(trained, tmp_path):
+    r = qdnn("export", trained, "--format", "qdqq", "--out", tmp_path / "a")
+    assert r.exit_code == 2 and "--format" in r.output and not (tmp_path / "a").exists()
+    r = qdnn("export", trained, "--format", "qdq", "--out", tmp_path / "b")  # 8-bit DoReFa codes: ±255
+    assert r.exit_code == 2 and "mode 8bit has no QDQ form" in r.output and not (tmp_path / "b").exists()

@@ -16,15 +16,38 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .integer import ActGrid, IntegerWeight
+from .integer import ActGrid, IntegerWeight, NoIntegerForm
 from .package import PackedCodes
 
 OPSET = 21  # int16 in DequantizeLinear (8-bit DoReFa codes in a weight-only layer)
 
 
+class NoQDQForm(NoIntegerForm):
+    """A layer whose integer form has no QDQ form (int8 weights, uint8 activations)."""
+
+
+FORMS = ("integer", "qdq")
+
+
+def quantized_bias(bias: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``bias`` rounded to int32 multiples of the per-channel accumulator ``scale`` (float32,
+    as the graph stores it): (codes, scale)."""
+    scale = scale.astype(np.float32)
+    return np.round(bias / scale.astype(np.float64)).astype(np.int32), scale
+
+
 class GraphBuilder:
-    def __init__(self, name: str):
-        self.name = name
+    """``form``: ``integer`` (``ConvInteger`` / ``MatMulInteger`` and an explicit rescale) or
+    ``qdq`` (``QuantizeLinear`` / ``DequantizeLinear`` around float operators, the form that
+    Brevitas, NNCF and ONNX Runtime's quantizer write and that each runtime fuses into its
+    own integer kernels)."""
+
+    def __init__(self, name: str, form: str = "integer"):
+        if form not in FORMS:
+            raise ValueError(f"--format {form!r}: choose {' or '.join(FORMS)}")
+        self.name, self.form = name, form
+        self.pre_relu: dict[str, str] = {}  # a Relu's output -> its input (qdq: quantize before the Relu)
+        self._deferred: dict[str, str] = {}  # Relus not emitted yet (see relu())
         self.nodes: list = []
         self.initializers: list = []
         self._names: set[str] = set()
@@ -46,17 +69,23 @@ class GraphBuilder:
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
+        for name in inputs:
+            self._materialize(name)
         out = self._unique(hint)
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
-    def codes(self, weight: IntegerWeight, hint: str) -> str:
+    def codes(self, weight: IntegerWeight, hint: str, sign: np.ndarray | None = None) -> str:
         """The weight's signed codes (int8, int16 for 8-bit DoReFa's ±255), decoded in the
-        graph from its stored levels (``offset + stride·p``): constant nodes that ONNX
-        Runtime folds when it loads the model."""
+        graph from its stored levels (``offset + stride·p``), times a per-output-channel
+        ``sign`` when given: constant nodes that ONNX Runtime folds when it loads the model."""
         wide = self.op("Cast", [self.levels(weight, hint)], f"{hint}.level_wide", to=TensorProto.INT32)
         scaled = self.op("Mul", [wide, self.const(np.array(weight.stride, np.int32), f"{hint}.code_stride")], f"{hint}.code_scaled")
         codes = self.op("Add", [scaled, self.const(np.array(weight.offset, np.int32), f"{hint}.code_offset")], f"{hint}.code")
+        if sign is not None:
+            shape = (-1,) + (1,) * (weight.codes.ndim - 1)
+            codes = self.op("Mul", [codes, self.const(sign.astype(np.int32).reshape(shape), f"{hint}.code_sign")],
+                            f"{hint}.code_signed")
         return self.op("Cast", [codes], f"{hint}.weight_q", to=TensorProto.INT8 if weight.fits_int8 else TensorProto.INT16)
 
     def levels(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
@@ -93,6 +122,87 @@ class GraphBuilder:
             zero = self.const(np.array(0, np.uint8), f"{hint}.act_zero")
             self._quantized[key] = self.op("QuantizeLinear", [y, one, zero], f"{hint}.act_q")
         return self._quantized[key]
+
+    def relu(self, x: str) -> str:
+        """A ReLU, emitted only once something reads it other than a QDQ quantization (which
+        quantizes its input instead): a convolution whose output only feeds the next layer's
+        ``QuantizeLinear`` then has that as its one consumer, as the runtime's fusion needs."""
+        out = self._unique("relu")
+        self.pre_relu[out] = x
+        self._deferred[out] = x
+        return out
+
+    def _materialize(self, name: str) -> None:
+        x = self._deferred.pop(name, None)
+        if x is not None:
+            self._materialize(x)
+            self.nodes.append(helper.make_node("Relu", [x], [name], name=name))
+
+    # ------------------------------------------------------------------ the QDQ form
+    def qdq_activation(self, x: str, grid: ActGrid, hint: str) -> str:
+        """``x`` on the grid, as QDQ: ``QuantizeLinear`` (uint8, zero point 0: negatives
+        become 0, which is the quantizer's clip at 0 and any ReLU before it), a ``Clip`` of
+        the uint8 levels to the grid's top below 8 bits, ``DequantizeLinear`` at the grid's
+        scale. It quantizes the tensor *before* a ReLU, so that a convolution producing it
+        is followed directly by ``QuantizeLinear`` and the runtime fuses
+        ``DequantizeLinear → Conv → QuantizeLinear`` into one integer kernel."""
+        source = self.pre_relu.get(x, x)
+        key = ("qdq", source, grid)
+        if key not in self._quantized:
+            scale = self.const(np.array(grid.scale, np.float32), f"{hint}.act_scale")
+            zero = self.const(np.array(0, np.uint8), f"{hint}.act_zero")
+            q = self.op("QuantizeLinear", [source, scale, zero], f"{hint}.act_q")
+            if grid.levels < 255:
+                q = self.op("Clip", [q, self.const(np.array(0, np.uint8), f"{hint}.act_lo"),
+                                     self.const(np.array(grid.levels, np.uint8), f"{hint}.act_hi")], f"{hint}.act_top")
+            self._quantized[key] = self.op("DequantizeLinear", [q, scale, zero], f"{hint}.act_dq")
+        return self._quantized[key]
+
+    def qdq_weight(self, weight: IntegerWeight, scale: np.ndarray, hint: str) -> str:
+        """The weight as ``DequantizeLinear`` of int8 codes, one positive scale per output
+        channel (a negative folded-BN scale flips that channel's codes instead)."""
+        if not weight.fits_int8:
+            raise NoQDQForm(f"{hint}: {weight.bits}-bit weight codes do not fit int8")
+        sign = np.where(scale < 0, -1, 1)
+        flipped = weight.codes * sign.reshape((-1,) + (1,) * (weight.codes.ndim - 1))
+        if flipped.min() < -128 or flipped.max() > 127:
+            raise NoQDQForm(f"{hint}: a negative BN scale flips {weight.bits}-bit codes out of int8")
+        codes = self.codes(weight, hint, sign if (sign < 0).any() else None)  # stored packed, folded at load
+        return self.op("DequantizeLinear", [codes, self.const(np.abs(scale).astype(np.float32), f"{hint}.weight_scale"),
+                                            self.const(np.zeros(len(scale), np.int8), f"{hint}.weight_zero")],
+                       f"{hint}.weight", axis=0)
+
+    def qdq_conv(self, x: str, grid: ActGrid, weight: IntegerWeight, hint: str, weight_scale: np.ndarray,
+                 bias: np.ndarray, **conv) -> str:
+        """A quantized convolution in QDQ form: its float ``Conv`` reads dequantized
+        activations and weights (BN folded into the weight scales and the bias)."""
+        xq = self.qdq_activation(x, grid, hint)
+        w = self.qdq_weight(weight, weight_scale, hint)
+        return self.op("Conv", [xq, w, self.qdq_bias(bias, grid.scale * np.abs(weight_scale), hint)], f"{hint}.out", **conv)
+
+    def qdq_bias(self, bias: np.ndarray, scale: np.ndarray, hint: str) -> str:
+        """The bias as int32 at the accumulator's scale (activation × weight scale), which is
+        what the integer kernel adds: explicit here, so that the runtime rounds nothing else
+        (:func:`quantized_bias` gives the exporter the same numbers)."""
+        codes, scale = quantized_bias(bias, scale)
+        return self.op("DequantizeLinear", [self.const(codes, f"{hint}.bias_q"),
+                                            self.const(scale.astype(np.float32), f"{hint}.bias_scale"),
+                                            self.const(np.zeros(len(scale), np.int32), f"{hint}.bias_zero")],
+                       f"{hint}.bias", axis=0)
+
+    def requantize(self, y: str, scale: float, hint: str) -> str:
+        """A float tensor through 8 bits and back (uint8, zero point 128: signed values),
+        so that the convolution producing it ends in ``QuantizeLinear`` and fuses."""
+        s = self.const(np.array(scale, np.float32), f"{hint}.out_scale")
+        zero = self.const(np.array(128, np.uint8), f"{hint}.out_zero")
+        q = self.op("QuantizeLinear", [y, s, zero], f"{hint}.out_q")
+        return self.op("DequantizeLinear", [q, s, zero], f"{hint}.out_dq")
+
+    def qdq_linear(self, x: str, grid: ActGrid, weight: IntegerWeight, hint: str, weight_scale: np.ndarray,
+                   bias: np.ndarray) -> str:
+        xq = self.qdq_activation(x, grid, hint)
+        w = self.qdq_weight(weight, weight_scale, hint)
+        return self.op("Gemm", [xq, w, self.const(bias.astype(np.float32), f"{hint}.bias")], f"{hint}.out", transB=1)
 
     # ------------------------------------------------------------------ layers
     def integer_conv(self, xq: str, grid: ActGrid, weight: IntegerWeight, hint: str, out_scale: np.ndarray,
@@ -164,6 +274,7 @@ class GraphBuilder:
         return self.op("Add", [scaled, self.const(shift.reshape(shape).astype(np.float32), f"{hint}.shift")], f"{hint}.out")
 
     def model(self, input_name: str, input_shape: tuple, output: str, classes: int, doc: str) -> onnx.ModelProto:
+        self._materialize(output)
         inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", *input_shape])
         out = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", classes])
         graph = helper.make_graph(self.nodes, self.name, [inp], [out], self.initializers, doc_string=doc)

@@ -12,6 +12,8 @@ any other one it meets.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ from ..models.resnets import (BasicBlock, Bottleneck, CifarBasicBlock, CifarResN
                               ResNet, TinyNet)
 from ..quant.layers import BitSpecificBN, QConv2d, QLinear
 from ..quant.quantizers import FULL_PRECISION
-from .graph import GraphBuilder
+from .graph import GraphBuilder, quantized_bias
 from .integer import act_integer_form, weight_integer_form
 
 
@@ -49,17 +51,71 @@ def _conv_attrs(conv: nn.Conv2d) -> dict:
                 dilations=list(conv.dilation), group=conv.groups)
 
 
-class Lowering:
-    """Emits one model's layers into a :class:`GraphBuilder`."""
+@torch.no_grad()
+def output_ranges(model: nn.Module, batches) -> dict:
+    """The largest |output| of every BN of ``model`` in its current mode over ``batches``
+    (a convolution's output with its BN folded in): the 8-bit scale of a QDQ export's
+    convolutions whose output feeds a float residual sum (``residual="int8"``)."""
+    ranges: dict = {}
 
-    def __init__(self, model: nn.Module, graph: GraphBuilder):
+    def hook(module, args, out):
+        ranges[module] = max(ranges.get(module, 0.0), float(out.detach().abs().max()))
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BitSpecificBN)]
+    try:
+        model.eval()
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+@contextlib.contextmanager
+def simulated_qdq(lowering: "Lowering"):
+    """The model computes what its QDQ export computes: each fused convolution's bias
+    rounded to int32 at the accumulator's scale, and each requantized residual input
+    rounded to the export's 8-bit grid (uint8, zero point 128, half to even as
+    ``QuantizeLinear``). The export's parity reference; the plain model gives the top-1
+    cost of these roundings."""
+    def hook(bn):
+        shift = lowering.bias_shift.get(bn)
+        shift = None if shift is None else torch.tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1)
+        scale = lowering.requantized.get(bn)
+
+        def apply(module, args, out):
+            if shift is not None:
+                out = out + shift.to(out.device)
+            if scale is not None:
+                out = torch.fake_quantize_per_tensor_affine(out, scale, 128, 0, 255)
+            return out
+        return apply
+    handles = [bn.register_forward_hook(hook(bn)) for bn in set(lowering.bias_shift) | set(lowering.requantized)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Lowering:
+    """Emits one model's layers into a :class:`GraphBuilder`. ``ranges`` (QDQ form only):
+    output ranges from :func:`output_ranges`; given, a quantized convolution whose output
+    feeds a float residual sum is requantized to int8-range uint8 at that range's scale, so
+    that the runtime fuses it into an integer kernel too; absent, that output stays float."""
+
+    def __init__(self, model: nn.Module, graph: GraphBuilder, ranges: dict | None = None):
         self.g = graph
+        self.ranges = ranges
+        self.requantized: dict = {}  # BN module -> the 8-bit scale its output was requantized at
+        self.bias_shift: dict = {}   # BN module -> what rounding the bias to int32 adds to its output
         self.names = {m: n for n, m in model.named_modules()}
         self.int_layers = 0       # layers run by integer kernels
         self.float_layers = 0
 
-    def conv(self, conv: QConv2d, x: str, bn=None) -> str:
-        """``bn(conv(x))`` with the BN folded in (``bn`` None: the conv alone)."""
+    def conv(self, conv: QConv2d, x: str, bn=None, feeds_float: bool = False) -> str:
+        """``bn(conv(x))`` with the BN folded in (``bn`` None: the conv alone).
+        ``feeds_float``: its output goes into float arithmetic (a residual sum, the head)."""
         name = self.names[conv]
         out_ch = conv.out_channels
         affine = bn_affine(bn) or (np.ones(out_ch), np.zeros(out_ch))
@@ -81,6 +137,15 @@ class Lowering:
             self.float_layers += 1
             return self.g.float_conv(x, bias, name, codes=codes, code_scale=codes.scale * bn_scale, **attrs)
         self.int_layers += 1
+        if self.g.form == "qdq":
+            y = self.g.qdq_conv(x, grid, codes, name, codes.scale * bn_scale, bias, **attrs)
+            q, s = quantized_bias(bias, grid.scale * np.abs(codes.scale * bn_scale))
+            if bn is not None:
+                self.bias_shift[bn] = q.astype(np.float64) * s.astype(np.float64) - bias
+            if feeds_float and self.ranges is not None and self.ranges.get(bn):
+                self.requantized[bn] = self.ranges[bn] / 127.0
+                y = self.g.requantize(y, self.requantized[bn], name)
+            return y
         xq = self.g.quantize(x, grid, name)
         return self.g.integer_conv(xq, grid, codes, name, grid.scale * codes.scale * bn_scale, bias, **attrs)
 
@@ -97,6 +162,8 @@ class Lowering:
         if grid is None:
             raise InputError(f"{name}: {fc.w_bits}-bit weights under full-precision activations have no integer form here")
         self.int_layers += 1
+        if self.g.form == "qdq":
+            return self.g.qdq_linear(x, grid, codes, name, np.full(fc.out_features, codes.scale), bias)
         xq = self.g.quantize(x, grid, name)
         return self.g.integer_linear(xq, codes, name, np.full(fc.out_features, grid.scale * codes.scale), bias)
 
@@ -105,7 +172,7 @@ class Lowering:
         return self.g.affine(x, scale, shift, self.names[bn])
 
     def relu(self, x: str) -> str:
-        return self.g.op("Relu", [x], "relu")
+        return self.g.relu(x)
 
     def add(self, a: str, b: str) -> str:
         return self.g.op("Add", [a, b], "add")
@@ -118,7 +185,7 @@ class Lowering:
     def block(self, block: nn.Module, x: str) -> str:
         if isinstance(block, CifarBasicBlock):
             out = self.relu(self.conv(block.conv1, x, block.bn1))
-            out = self.conv(block.conv2, out, block.bn2)
+            out = self.conv(block.conv2, out, block.bn2, feeds_float=True)
             return self.relu(self.add(out, self._option_a(block, x)))
         if isinstance(block, PreActBlock):
             out = self.relu(self.bn(block.bn1, x))
@@ -130,10 +197,11 @@ class Lowering:
             out = self.relu(self.conv(block.conv1, x, block.bn1))
             if isinstance(block, Bottleneck):
                 out = self.relu(self.conv(block.conv2, out, block.bn2))
-                out = self.conv(block.conv3, out, block.bn3)
+                out = self.conv(block.conv3, out, block.bn3, feeds_float=True)
             else:
-                out = self.conv(block.conv2, out, block.bn2)
-            identity = x if block.downsample is None else self.conv(block.downsample[0], x, block.downsample[1])
+                out = self.conv(block.conv2, out, block.bn2, feeds_float=True)
+            identity = x if block.downsample is None else self.conv(block.downsample[0], x, block.downsample[1],
+                                                                    feeds_float=True)
             return self.relu(self.add(out, identity))
         raise InputError(f"no ONNX form for block {type(block).__name__}")
 
@@ -157,13 +225,13 @@ class Lowering:
         return x
 
 
-def lower_model(model: nn.Module, graph: GraphBuilder, x: str) -> tuple[str, Lowering]:
+def lower_model(model: nn.Module, graph: GraphBuilder, x: str, ranges: dict | None = None) -> tuple[str, Lowering]:
     """Emit ``model`` (eval, current bit mode) into ``graph`` from input ``x``; returns the
     logits' name and the lowering (its layer counts)."""
-    low = Lowering(model, graph)
+    low = Lowering(model, graph, ranges)
     if isinstance(model, TinyNet):
         for conv, bn in ((model.conv1, model.bn1), (model.conv2, model.bn2), (model.conv3, model.bn3)):
-            x = low.relu(low.conv(conv, x, bn))
+            x = low.relu(low.conv(conv, x, bn, feeds_float=conv is model.conv3))  # the last one feeds the float head
         return low.head(model.fc, x), low
     if isinstance(model, CifarResNet):
         x = low.relu(low.conv(model.conv1, x, model.bn1))
