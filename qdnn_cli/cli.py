@@ -260,16 +260,17 @@ def export(
 @guarded
 def bench_export(
     folder: Path = typer.Argument(..., help="a folder written by qdnn export"),
-    threads: int = typer.Option(2, "--threads", help="ONNX Runtime intra-op threads"),
+    threads: int = typer.Option(2, "--threads", help="the runtime's intra-op threads"),
     repeats: int = typer.Option(20, "--repeats", help="timed runs per mode and batch size (median reported)"),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime or openvino (pip install 'qdnn[openvino]')"),
 ):
-    """ONNX Runtime CPU latency of every exported mode at batch 1 and 32 against FP,
-    written into the folder's export.csv.
+    """CPU latency of every exported mode at batch 1 and 32 against FP, in ONNX Runtime or
+    OpenVINO, written into the folder's export.csv.
 
-    Example: qdnn bench-export deploy/ --threads 2 --repeats 50"""
+    Example: qdnn bench-export deploy/ --threads 2 --repeats 50 --runtime openvino"""
     from .commands import bench_export_dir
 
-    bench_export_dir(folder, threads, repeats)
+    bench_export_dir(folder, threads, repeats, runtime)
 
 
 @app.command()

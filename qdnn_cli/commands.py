@@ -402,10 +402,10 @@ def export_run(target: Path, overrides: list[str], bits: str | None, config: Pat
     return out
 
 
-def bench_export_dir(folder: Path, threads: int, repeats: int) -> None:
+def bench_export_dir(folder: Path, threads: int, repeats: int, runtime: str = "onnxruntime") -> None:
     from .export.latency import bench_export
 
-    bench_export(folder, threads, repeats, say=console.print)
+    bench_export(folder, threads, repeats, say=console.print, runtime=runtime)
     console.print(f"written: {folder / 'export.csv'}")
 
 

@@ -2,7 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # Threads are left as torch sets them from the environment, here and in every `qdnn` a test
 # starts: a test that compares a run in this process with one in a subprocess (kill -9,

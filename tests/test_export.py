@@ -356,3 +356,63 @@ def test_a_misspelt_format_and_a_mode_without_a_qdq_form_are_one_line(trained, t
     assert r.exit_code == 2 and "--format" in r.output and not (tmp_path / "a").exists()
     r = qdnn("export", trained, "--format", "qdq", "--out", tmp_path / "b")  # 8-bit DoReFa codes: ±255
     assert r.exit_code == 2 and "mode 8bit has no QDQ form" in r.output and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("which", ["integer", "qdq"])
+def test_a_switchable_session_gives_each_mode_what_its_file_gives(exported, exported_qdq, which):
+    """One session per mode from switchable.npz: exact, the same model bytes in the same runtime."""
+    from qdnn_cli.export.switchable import SwitchableSession, switch_cost
+
+    folder = exported if which == "integer" else exported_qdq
+    net = SwitchableSession(folder, threads=1)
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    for mode in net.modes:
+        expected = _session(folder / f"{mode}.onnx").run(None, {"images": x})[0]
+        assert np.array_equal(net.run(x, mode=mode), expected), mode
+    cost = switch_cost(net, x, rounds=2)
+    assert set(cost) == set(net.modes) and all(v["after_switch_ms"] > 0 and v["warm_ms"] > 0 for v in cost.values())
+    with pytest.raises(ExportError, match="no mode"):
+        net.run(x, mode="5bit")
+
+
+@pytest.mark.parametrize("form", ["integer", "qdq"])
+def test_openvino_runs_both_forms_as_qdnn_does(trained, exported, exported_qdq, form):
+    """The second runtime: OpenVINO reads the same files; its predictions and logits agree
+    with qdnn's as ONNX Runtime's do (the export's own parity check ran it too)."""
+    pytest.importorskip("openvino")
+    from qdnn_cli.export import runtimes
+    from qdnn_cli.export.command import _parity_row, parity_failure
+
+    folder = exported if form == "integer" else exported_qdq
+    rows = {r["mode"]: r for r in read_csv(folder / "export.csv")}
+    assert all(float(r["openvino_argmax_agreement"]) >= 0.97 for r in rows.values())
+    # against the reference that rounds what the export rounds (the QDQ form's bias and 8-bit
+    # head input): what the export's own check measured
+    assert all(float(r["openvino_median_logit_error"]) <= 1e-3 for r in rows.values())
+    if form == "qdq":
+        return
+    run = load_checkpoint_model(trained / "checkpoint.pt", set())
+    x = torch.randn(32, 3, 8, 8)
+    for mode, label in (("2", "2bit"), ("32", "fp")):
+        set_bit_mode(run.model, int(mode))
+        with torch.no_grad():
+            ours = run.model(x).numpy()
+        theirs = runtimes.load("openvino", folder / f"{label}.onnx", 1)(x.numpy())
+        row = _parity_row(label, ours, theirs, np.zeros(32, np.int64),
+                          type("L", (), {"int_layers": 0, "float_layers": 0}), folder / f"{label}.onnx")
+        assert parity_failure(row, 32, ExportOptions()) is None, (label, row["median_logit_error"])
+
+
+def test_bench_export_in_openvino_and_a_runtime_that_is_not_installed(exported, monkeypatch):
+    pytest.importorskip("openvino")
+    r = qdnn("bench-export", exported, "--runtime", "openvino", "--repeats", "1", "--threads", "1")
+    assert r.exit_code == 0, r.output
+    rows = {x["mode"]: x for x in read_csv(exported / "export.csv")}
+    assert float(rows["4bit"]["openvino_latency_b32_ms"]) > 0 and float(rows["fp"]["openvino_latency_b32_vs_fp"]) == 1.0
+    r = qdnn("bench-export", exported, "--runtime", "tensorrt")
+    assert r.exit_code == 2 and "--runtime" in r.output
+    from qdnn_cli.export import runtimes
+
+    monkeypatch.setattr(runtimes, "installed", lambda name: name != "openvino")
+    r = qdnn("bench-export", exported, "--runtime", "openvino")
+    assert r.exit_code == 2 and "pip install 'qdnn[openvino]'" in r.output

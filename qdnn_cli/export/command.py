@@ -74,6 +74,7 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
     import onnx
     import onnxruntime as ort
 
+    from . import runtimes
     from .graph import FORMS, NoQDQForm
     if options.form not in FORMS:
         raise ExportError(f"--format {options.form!r}: choose {' or '.join(FORMS)}")
@@ -158,6 +159,15 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
                 raise ExportError(f"mode {label}: the ONNX model does not compute what qdnn computes: {wrong} "
                                   f"(ONNX Runtime top-1 {row['top1_onnx']:.2f} %, qdnn {row['top1_qdnn']:.2f} %, "
                                   f"{len(labels)} images)")
+            for other in [r for r in runtimes.RUNTIMES if r != "onnxruntime" and runtimes.installed(r)]:
+                run_other = runtimes.load(other, path, 2)
+                logits = np.concatenate([run_other(images[i:i + 256].numpy()) for i in range(0, len(images), 256)])
+                extra = _parity_row(label, ours, logits, labels.numpy(), lowering, path)
+                wrong = parity_failure(extra, len(labels), options)
+                if wrong:
+                    raise ExportError(f"mode {label}: in {other}, the ONNX model does not compute what qdnn computes: "
+                                      f"{wrong}")
+                row.update({f"{other}_{k}": extra[k] for k in ("top1_onnx", "argmax_agreement", "median_logit_error")})
             say(f"{label}: top-1 {row['top1_onnx']:.2f} % in ONNX Runtime, {row['top1_qdnn']:.2f} % in qdnn, "
                 f"{100 * row['argmax_agreement']:.2f} % identical predictions, {row['onnx_bytes']:,} bytes")
             rows.append(row)

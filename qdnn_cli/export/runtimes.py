@@ -1,0 +1,57 @@
+"""The inference runtimes an export is checked and timed in: ONNX Runtime (the ``export``
+extra) and OpenVINO (the ``openvino`` extra). Each gives a function ``images -> logits``
+for one ``.onnx`` file at a number of threads."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+
+RUNTIMES = ("onnxruntime", "openvino")
+EXTRA = {"onnxruntime": "export", "openvino": "openvino"}
+
+
+def installed(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def require(name: str) -> None:
+    if name not in RUNTIMES:
+        raise InputError(f"--runtime {name!r}: choose {' or '.join(RUNTIMES)}")
+    if not installed(name):
+        raise InputError(f"runtime {name} is not installed: pip install 'qdnn[{EXTRA[name]}]'")
+
+
+def version(name: str) -> str:
+    return __import__(name).__version__
+
+
+def load(name: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A ready session of ``path`` in runtime ``name``."""
+    require(name)
+    if name == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name_in = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name_in: x})[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    return lambda x: request.infer({0: x})[output].copy()
+
+
+__all__ = ["RUNTIMES", "installed", "require", "load", "version"]
