@@ -191,11 +191,30 @@ def run_group(experiment: str, variants: dict[str, list[str]], group: Path, over
     elif name == "slurm":
         run_submitit(experiment, todo, group, launcher, console, train_one)
     else:
-        for i, (leaf, run_overrides) in enumerate(todo, 1):
-            console.rule(f"[{i}/{len(todo)}] {leaf}")
-            train_one(experiment, run_overrides, quiet_config=True)
+        run_local(experiment, todo, group)
     console.print(f"group directory: {group}")
     return [group / leaf for leaf, _ in plans]
+
+
+def run_local(experiment: str, todo: list[tuple[str, list[str]]], group: Path) -> None:
+    """One run after another here. A run that fails is reported and the others still
+    train; the command then fails naming it (a signal still stops the whole group)."""
+    from .engine.interrupt import RunInterrupted
+    from .launch import LaunchError
+
+    failed = []
+    for i, (leaf, run_overrides) in enumerate(todo, 1):
+        console.rule(f"[{i}/{len(todo)}] {leaf}")
+        try:
+            train_one(experiment, run_overrides, quiet_config=True)
+        except (RunInterrupted, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed run: say why, train the others
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            err_console.print(f"{leaf}: failed: {why}")
+            failed.append(f"{leaf} ({why}; see {group / leaf / 'status.json'})")
+    if failed:
+        raise LaunchError(f"{len(failed)} of {count(len(todo), 'run')} failed: " + "; ".join(failed))
 
 
 def check_group(experiment: str, variants: dict[str, list[str]], group: Path, base: list[str],

@@ -393,3 +393,15 @@ def test_eval_on_the_training_images_gives_the_other_side_of_the_gap(two_runs):
         assert float(rows[str(m)]["top1"]) == pytest.approx(expected[m]["top1"], abs=1e-4)  # same kernels, same batches
     r = qdnn("eval", run, "--split", "test")
     assert r.exit_code == 2 and "--split" in _error_line(r)
+
+
+def test_a_run_that_fails_in_the_local_launcher_leaves_the_others_training(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("variants:\n  wild: [optim.lr=1e12]\n  healthy: []\n")  # the failing run first
+    group = tmp_path / "g"
+    r = qdnn("ablate", "quickstart", "--grid", grid, *tiny_overrides(group, "trainer.epochs=2"))
+    assert r.exit_code == 1, r.output
+    line = _error_line(r)
+    assert "1 of 2 runs failed: wild" in line and "unexpected" not in line, line
+    assert "final validation accuracy" in r.output  # the healthy run's table
+    assert json.loads((group / "healthy" / "status.json").read_text())["state"] == "finished"
