@@ -220,16 +220,20 @@ def run_local(experiment: str, todo: list[tuple[str, list[str]]], group: Path) -
 def check_group(experiment: str, variants: dict[str, list[str]], group: Path, base: list[str],
                 launcher: str) -> list[tuple[str, list[str]]]:
     """Compose and check every run of a group before any is created: a bad one is one line
-    naming the run, and nothing is written. Returns (leaf, overrides) per run."""
+    naming the run, and nothing is written. Returns (leaf, overrides) per run. A run that
+    finished already is only composed (it will be skipped: its data need not be here)."""
     from .config import ConfigError, compose
     from .engine import check_runnable
+    from .report.collect import read_run
 
     plans, checked_data = [], set()
     for leaf, extra in variants.items():
         run_overrides = base + extra + [f"out_dir={group / leaf}"]
         try:
             cfg = compose(experiment, run_overrides)
-            check_runnable(cfg, checked_data)
+            done = (group / leaf / "config.yaml").exists() and getattr(read_run(group / leaf), "finished", False)
+            if not done:
+                check_runnable(cfg, checked_data)
             if launcher == "packed":
                 from .engine.pack import check_pack_config
 
