@@ -3,12 +3,11 @@ from pathlib import Path
 
 import pytest
 
-# Threads are left as torch sets them from the environment, here and in every `qdnn` a test
-# starts: a test that compares a run in this process with one in a subprocess (kill -9,
-# SIGTERM, launchers) compares the same kernels' sums only at the same thread count *and*
-# the same OpenMP start-up (OMP_NUM_THREADS set in one process and not in the other splits
-# sums differently even at equal counts: measured). OMP_NUM_THREADS=1 set by the caller
-# reaches both.
+# Threads are left as torch sets them from the environment. A test that compares a run in
+# this process with one in a subprocess (kill -9, SIGTERM, a requeued job) takes the
+# `one_thread` fixture: at two threads the two processes' sums were seen to differ in the
+# last digit (with OMP_NUM_THREADS set in one and not the other, and once without any
+# visible difference, under heavy load), at one thread a sum has one order.
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100-dev"
 
@@ -17,6 +16,19 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10
 # leaves out ("'at::vec' has not been declared"): torch.compile cannot build there
 inductor_builds = pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default",
                                      reason="torch.compile's CPU code does not build under ATEN_CPU_CAPABILITY=default")
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """This process and every process it starts compute at one thread: exact comparisons
+    across processes (each sum in one order)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -39,10 +39,10 @@ def test_submitit_path_runs_a_grid_and_status_lists_it(tmp_path, monkeypatch):
     assert s.output.count("finished") == 2 and "1/1" in s.output
 
 
-# Float comparison, exact: submitit's local job inherits the session's thread count, so it runs this process's
-# kernels
+# Float comparison, exact: the job (a subprocess) and this process both at one thread (`one_thread`), so each sum
+# has one order in both
 @pytest.mark.numerics
-def test_a_requeued_job_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+def test_a_requeued_job_resumes_to_the_same_numbers(tmp_path, monkeypatch, one_thread):
     from qdnn_cli.launch import LaunchOptions, TrainJob, make_executor
 
     common = ["quant.bits=[2,32]", "trainer.epochs=3"]

@@ -214,7 +214,8 @@ def test_a_compiled_pack_trains_like_the_eager_pack(tmp_path):
         assert _relative_distance(_params(tmp_path / "compiled" / leaf), _params(tmp_path / "eager" / leaf)) < 1e-3
 
 
-def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_path):
+# exact: the stopped pack (a subprocess) and the straight one here, both at one thread (`one_thread`)
+def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_path, one_thread):
     import os
     import signal
     import subprocess

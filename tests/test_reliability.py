@@ -23,10 +23,10 @@ def _one_error_line(result):
 
 
 # ----------------------------------------------------------------------------- kill -9
-# Float comparison, exact: a subprocess and this process at the session's one thread count run the same kernels
-# in the same order
+# Float comparison, exact: the killed subprocess and this process both at one thread (`one_thread`), so each sum
+# has one order in both
 @pytest.mark.numerics
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, one_thread):
     common = ["data.train_size=768", "trainer.batch_size=16", "trainer.epochs=3", "model.kwargs.width=16",
               "quant.bits=[2,32]"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -203,9 +203,9 @@ def _stream_overrides(tree, out, *extra):
             "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}", *extra]
 
 
-# Float comparison, exact: as the kill -9 test above (one thread count for both processes)
+# Float comparison, exact: as the kill -9 test above (both processes at one thread)
 @pytest.mark.numerics
-def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path):
+def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path, one_thread):
     tree = _stream_tree(tmp_path / "tree")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert qdnn("train", "quickstart", *_stream_overrides(tree, straight, "data.workers=0")).exit_code == 0
@@ -228,9 +228,9 @@ def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# Float comparison, exact: as the kill -9 test above (one thread count for both processes)
+# Float comparison, exact: as the kill -9 test above (both processes at one thread)
 @pytest.mark.numerics
-def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path):
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path, one_thread):
     import time
 
     from qdnn_cli.engine.interrupt import PAUSE_AT_ENV, RESUMABLE_EXIT
