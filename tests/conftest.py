@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 
-# Threads are left as torch sets them from the environment. A test that compares a run in
-# this process with one in a subprocess (kill -9, SIGTERM, a requeued job) takes the
-# `one_thread` fixture: at two threads the two processes' sums were seen to differ in the
-# last digit (with OMP_NUM_THREADS set in one and not the other, and once without any
-# visible difference, under heavy load), at one thread a sum has one order.
+# Threads are left as torch sets them from the environment. A test that compares runs of
+# several processes (kill -9, SIGTERM, a requeued job) takes the `one_thread` fixture and
+# runs every side as a `qdnn` process: at two threads two processes' sums were seen to
+# differ in the last digit (with OMP_NUM_THREADS set in one and not the other, and once
+# without any visible difference, under heavy load); at one thread a sum has one order.
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100-dev"
 
@@ -20,15 +20,12 @@ inductor_builds = pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "d
 
 @pytest.fixture
 def one_thread(monkeypatch):
-    """This process and every process it starts compute at one thread: exact comparisons
-    across processes (each sum in one order)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """Every process the test starts computes at one thread (OMP_NUM_THREADS=1): an exact
+    comparison across processes runs each side as such a process (helpers.qdnn_process),
+    so each sum has one order in all of them. This process's own thread count is not
+    changed: one that changed after OpenMP started must not fork DataLoader workers (it
+    crashed here)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

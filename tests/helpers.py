@@ -18,6 +18,20 @@ def qdnn(*args):
     return result
 
 
+def qdnn_process(*args, env=None, timeout=600):
+    """``qdnn`` in a process of its own (the environment's, plus ``env``): ``exit_code`` and
+    ``output`` (stdout then stderr) as :func:`qdnn` gives them."""
+    import os
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    cli = str(Path(sys.executable).with_name("qdnn"))
+    proc = subprocess.run([cli, *[str(a) for a in args]], env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+    return SimpleNamespace(exit_code=proc.returncode, output=proc.stdout + proc.stderr)
+
+
 def affine_reference(x, bits):
     """The formula: round(clamp(x,0,1)·n)·s with n = 2^k-1 and step s = 1/n (float32)."""
     import torch

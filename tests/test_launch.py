@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import tiny_overrides
-from helpers import qdnn, read_csv
+from helpers import qdnn, qdnn_process, read_csv
 
 
 def _cfg(run):
@@ -39,7 +39,7 @@ def test_submitit_path_runs_a_grid_and_status_lists_it(tmp_path, monkeypatch):
     assert s.output.count("finished") == 2 and "1/1" in s.output
 
 
-# Float comparison, exact: the job (a subprocess) and this process both at one thread (`one_thread`), so each sum
+# Float comparison, exact: the job and the straight run are `qdnn` processes at one thread (`one_thread`): each sum
 # has one order in both
 @pytest.mark.numerics
 def test_a_requeued_job_resumes_to_the_same_numbers(tmp_path, monkeypatch, one_thread):
@@ -47,7 +47,7 @@ def test_a_requeued_job_resumes_to_the_same_numbers(tmp_path, monkeypatch, one_t
 
     common = ["quant.bits=[2,32]", "trainer.epochs=3"]
     straight, job_run = tmp_path / "straight", tmp_path / "job"
-    assert qdnn("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
+    assert qdnn_process("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
     monkeypatch.setenv("QDNN_SUBMITIT_CLUSTER", "local")
     # the job waits in epoch 2 until its time-limit signal arrives (SLURM's, here submitit's
     # local stand-in, 45 s before a 1-minute limit); submitit then requeues it, and the new

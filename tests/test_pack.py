@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import qdnn, read_csv
+from helpers import qdnn, qdnn_process, read_csv
 from qdnn_cli.engine.losses import QuantizableLoss
 from qdnn_cli.engine.step import losses_from_logits, mode_losses
 from qdnn_cli.models import build_model
@@ -214,7 +214,7 @@ def test_a_compiled_pack_trains_like_the_eager_pack(tmp_path):
         assert _relative_distance(_params(tmp_path / "compiled" / leaf), _params(tmp_path / "eager" / leaf)) < 1e-3
 
 
-# exact: the stopped pack (a subprocess) and the straight one here, both at one thread (`one_thread`)
+# exact: the stopped pack and the straight one are `qdnn` processes at one thread (`one_thread`)
 def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_path, one_thread):
     import os
     import signal
@@ -226,7 +226,7 @@ def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_p
 
     common = [*SMALL, "data.train_size=128", "trainer.epochs=2", "quant.bits=[2,32]"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert qdnn("ablate", "quickstart", "--launcher", "packed", "--jobs", "4", *common,
+    assert qdnn_process("ablate", "quickstart", "--launcher", "packed", "--jobs", "4", *common,
                 f"out_dir={straight}").exit_code == 0
     cli = str(Path(sys.executable).with_name("qdnn"))
     proc = subprocess.Popen([cli, "ablate", "quickstart", "--launcher", "packed", "--jobs", "4", *common,
@@ -242,7 +242,7 @@ def test_sigterm_stops_a_pack_mid_epoch_and_it_resumes_to_the_same_numbers(tmp_p
     for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):
         ck = torch.load(stopped / leaf / "checkpoint.pt", weights_only=False)
         assert ck["epoch"] == 1 and ck["position"]["step"] == 2, leaf
-    r = qdnn("ablate", "quickstart", "--launcher", "packed", "--jobs", "4", *common, f"out_dir={stopped}")
+    r = qdnn_process("ablate", "quickstart", "--launcher", "packed", "--jobs", "4", *common, f"out_dir={stopped}")
     assert r.exit_code == 0, r.output
     keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
     for leaf in ("full", "no_consistency", "shared_bn", "no_consistency_shared_bn"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from helpers import qdnn, read_csv, write_folder_tree
+from helpers import qdnn, qdnn_process, read_csv, write_folder_tree
 from qdnn_cli.engine.checkpoint import CheckpointError, RunLock, atomic_save, safe_load
 from qdnn_cli.engine.loop import KILL_AT_ENV
 
@@ -23,14 +23,14 @@ def _one_error_line(result):
 
 
 # ----------------------------------------------------------------------------- kill -9
-# Float comparison, exact: the killed subprocess and this process both at one thread (`one_thread`), so each sum
+# Float comparison, exact: every run is a `qdnn` process at one thread (`one_thread`), so each sum
 # has one order in both
 @pytest.mark.numerics
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, one_thread):
     common = ["data.train_size=768", "trainer.batch_size=16", "trainer.epochs=3", "model.kwargs.width=16",
               "quant.bits=[2,32]"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert qdnn("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
+    assert qdnn_process("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
 
     # the engine's fault hook kills the process with SIGKILL after step 20 of epoch 2:
     # mid-epoch on any machine, however fast (no sleep races the run)
@@ -42,7 +42,7 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, one_thread)
     assert safe_load(killed / "checkpoint.pt")["epoch"] == 1  # the last finished epoch, readable
     assert [r["epoch"] for r in read_csv(killed / "metrics.csv")][-1] == "1"
 
-    r = qdnn("train", "quickstart", *tiny_overrides(killed, *common))
+    r = qdnn_process("train", "quickstart", *tiny_overrides(killed, *common))
     assert r.exit_code == 0, r.output
     keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
     strip = lambda rows: [{k: x[k] for k in keep} for x in rows]
@@ -203,24 +203,30 @@ def _stream_overrides(tree, out, *extra):
             "trainer.device=cpu", "trainer.progress=false", f"out_dir={out}", *extra]
 
 
-# Float comparison, exact: as the kill -9 test above (both processes at one thread)
+# Float comparison, exact: all three runs are `qdnn` processes at one thread (OMP_NUM_THREADS=1), so each
+# sum has one order in all of them. (Not the one_thread fixture: a process whose thread count changed
+# after OpenMP started must not fork DataLoader workers; it crashed here.)
 @pytest.mark.numerics
-def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path, one_thread):
+def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_path):
     tree = _stream_tree(tmp_path / "tree")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert qdnn("train", "quickstart", *_stream_overrides(tree, straight, "data.workers=0")).exit_code == 0
+    one = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(*overrides, env=one):
+        return subprocess.run([QDNN, "train", "quickstart", *overrides], env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert train(*_stream_overrides(tree, straight, "data.workers=0")).returncode == 0
     # 72 images / batch 8 = 9 steps per epoch; a checkpoint after every step, killed after step 5
     # of epoch 2 before its checkpoint (the last one is after step 4), with 2 loader workers
     # this time: the batches cannot depend on the workers
     common = _stream_overrides(tree, killed, "data.workers=2", "trainer.checkpoint_every_minutes=1e-9")
-    proc = subprocess.run([QDNN, "train", "quickstart", *common], env={**os.environ, KILL_AT_ENV: "2:5"},
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    proc = train(*common, env={**one, KILL_AT_ENV: "2:5"})
     assert proc.returncode == -signal.SIGKILL
     ck = safe_load(killed / "checkpoint.pt")
     assert ck["epoch"] == 1 and ck["position"]["step"] == 4
-    r = qdnn("train", "quickstart", *common)
-    assert r.exit_code == 0, r.output
-    assert "step 4 of epoch 2" in r.output
+    proc = train(*common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step 4 of epoch 2" in proc.stdout
     keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr", "images")
     strip = lambda rows: [{k: x[k] for k in keep} for x in rows]  # noqa: E731
     assert strip(read_csv(straight / "metrics.csv")) == strip(read_csv(killed / "metrics.csv"))
@@ -228,7 +234,7 @@ def test_streamed_data_kill_9_mid_epoch_resumes_to_exactly_the_same_numbers(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# Float comparison, exact: as the kill -9 test above (both processes at one thread)
+# Float comparison, exact: as the kill -9 test above (every run a process at one thread)
 @pytest.mark.numerics
 def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path, one_thread):
     import time
@@ -237,7 +243,7 @@ def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path, one
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     common = ["data.train_size=96", "trainer.batch_size=16", "trainer.epochs=3", "quant.bits=[2,32]"]
-    assert qdnn("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
+    assert qdnn_process("train", "quickstart", *tiny_overrides(straight, *common)).exit_code == 0
     proc = subprocess.Popen([QDNN, "train", "quickstart", *tiny_overrides(stopped, *common)],
                             env={**os.environ, PAUSE_AT_ENV: "2:3"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -252,7 +258,7 @@ def test_sigterm_writes_a_mid_epoch_checkpoint_and_exits_resumably(tmp_path, one
     ck = safe_load(stopped / "checkpoint.pt")
     assert ck["epoch"] == 1 and ck["position"]["step"] == 3
     assert '"stopped"' in (stopped / "status.json").read_text()
-    r = qdnn("train", "quickstart", *tiny_overrides(stopped, *common))
+    r = qdnn_process("train", "quickstart", *tiny_overrides(stopped, *common))
     assert r.exit_code == 0, r.output
     keep = ("epoch", "mode", "split", "loss", "top1", "top5", "lr")
     strip = lambda rows: [{k: x[k] for k in keep} for x in rows]  # noqa: E731
