@@ -383,7 +383,7 @@ def evaluate_run(target: Path, overrides: list[str], bits: str | None, calibrate
 # ----------------------------------------------------------------------------- export
 def export_run(target: Path, overrides: list[str], bits: str | None, config: Path | None, out: Path | None,
                images: int, calibrate_bn: int, which: str, force: bool, bench: bool, threads: int,
-               form: str = "integer", residual: str = "int8") -> Path:
+               form: str = "integer", residual: str = "float") -> Path:
     """``qdnn export``: every mode as an ONNX model with integer kernels, parity-checked;
     ``--bench`` times them too."""
     from rich.table import Table

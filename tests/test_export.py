@@ -313,18 +313,26 @@ def test_parity_passes_a_correct_export_and_fails_one_wrong_scale_or_sign(traine
         assert verdict(_tampered(folder / "4bit.onnx", tmp_path / f"{how}.onnx", how)) is not None, how
 
 
-def test_the_qdq_form_runs_every_quantized_convolution_as_one_integer_kernel(exported_qdq, tmp_path):
-    """ONNX Runtime's optimised graph: a QLinearConv for each quantized convolution (the
-    tiny net's conv2 and conv3), no float Conv left but the full-precision first one."""
+@pytest.mark.parametrize("residual", ["float", "int8"])
+def test_the_qdq_form_runs_quantized_convolutions_as_integer_kernels(trained, exported_qdq, residual, tmp_path):
+    """ONNX Runtime's optimised graph: a QLinearConv for every quantized convolution whose
+    output is quantized again (the tiny net's conv2); conv3, which feeds the float head,
+    too with --residual int8; no other float Conv but the full-precision first one."""
+    folder = exported_qdq
+    if residual == "int8":
+        folder = tmp_path / "int8"
+        r = qdnn("export", trained, "--format", "qdq", "--residual", "int8", "--modes", "2,4,32", "--out", folder)
+        assert r.exit_code == 0, r.output
     for label in ("2bit", "4bit"):
         optimized = tmp_path / f"{label}.opt.onnx"
-        _session(exported_qdq / f"{label}.onnx", optimized)
+        _session(folder / f"{label}.onnx", optimized)
         ops = [n.op_type for n in onnx.load(optimized).graph.node]
-        assert ops.count("QLinearConv") == 2, ops
-        assert ops.count("Conv") + ops.count("FusedConv") == 1, ops
-    summary = json.loads((exported_qdq / "export.json").read_text())
-    assert summary["format"] == "qdq"
-    rows = {r["mode"]: r for r in read_csv(exported_qdq / "export.csv")}
+        fused = 2 if residual == "int8" else 1
+        assert ops.count("QLinearConv") == fused, ops
+        assert ops.count("Conv") + ops.count("FusedConv") == 3 - fused, ops
+    summary = json.loads((folder / "export.json").read_text())
+    assert summary["format"] == "qdq" and summary["residual"] == residual
+    rows = {r["mode"]: r for r in read_csv(folder / "export.csv")}
     assert float(rows["4bit"]["argmax_agreement"]) >= 0.97
 
 
