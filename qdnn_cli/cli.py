@@ -238,9 +238,9 @@ def export(
     checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (for a run directory)"),
     form: str = typer.Option("integer", "--format", help="integer (ConvInteger kernels) or qdq "
                              "(QuantizeLinear/DequantizeLinear around float operators, fused by the runtime)"),
-    residual: str = typer.Option("float", "--residual", help="qdq: a convolution feeding float arithmetic (the "
-                                 "residual sum) stays float (exact), or ends in int8 (fused too: faster, rounded to "
-                                 "8 bits, parity held only to 2e-2)"),
+    residual: str = typer.Option("float", "--residual", help="qdq: the residual sums and what feeds them stay "
+                                 "float (exact), or go through 8 bits (every convolution and sum an integer kernel: "
+                                 "faster, adds 8-bit roundings; parity is checked against qdnn rounding alike)"),
     force: bool = typer.Option(False, "--force", help="replace an earlier export in --out (never a run), or export "
                                "a run that is still training"),
     bench: bool = typer.Option(False, "--bench", help="time every mode in ONNX Runtime afterwards (as bench-export)"),

@@ -424,3 +424,46 @@ def test_bench_export_in_openvino_and_a_runtime_that_is_not_installed(exported, 
     monkeypatch.setattr(runtimes, "installed", lambda name: name != "openvino")
     r = qdnn("bench-export", exported, "--runtime", "openvino")
     assert r.exit_code == 2 and "pip install 'qdnn[openvino]'" in r.output
+
+
+@pytest.mark.numerics
+def test_int8_residual_keeps_a_resnet_in_integer_kernels_and_the_reference_exact(tmp_path):
+    """--residual int8 on a CIFAR ResNet-20: every quantized convolution a QLinearConv and
+    every residual sum a QLinearAdd in ONNX Runtime's optimised graph (the streams between
+    blocks in uint8, the option-A shortcut slicing the codes), no float Add left; the
+    reference that simulates those roundings agrees with the runtime; the FP mode keeps its
+    streams float."""
+    from qdnn_cli.export.lower import output_ranges, simulated_qdq
+
+    torch.manual_seed(0)
+    spec = QuantSpec((2, 4, 32), "dorefa", "dorefa", weight_scale="mean_abs")
+    model = build_model("resnet20", spec, 10, 3)
+    x = torch.randn(16, 3, 16, 16)
+    model.train()
+    for mode in spec.modes:
+        set_bit_mode(model, mode)
+        with torch.no_grad():
+            model(x)
+    model.eval()
+    for mode in (4, 32):
+        set_bit_mode(model, mode)
+        graph = GraphBuilder("m", "qdq")
+        logits, lowering = lower_model(model, graph, "images", output_ranges(model, [x]))
+        path, optimized = tmp_path / f"{mode}.onnx", tmp_path / f"{mode}.opt.onnx"
+        onnx.save(graph.model("images", (3, 16, 16), logits, 10, ""), path)
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        if mode == 32:
+            assert not lowering.streams and "QuantizeLinear" not in ops
+            continue
+        assert len(lowering.streams) == 10  # the stem and nine blocks
+        session = _session(path, optimized)
+        fused = [n.op_type for n in onnx.load(optimized).graph.node]
+        assert fused.count("QLinearConv") == 18 and fused.count("QLinearAdd") == 9, fused
+        assert "Add" not in fused and fused.count("Conv") + fused.count("FusedConv") == 1, fused
+        with torch.no_grad(), simulated_qdq(lowering):
+            ours = model(x).numpy()
+        theirs = session.run(None, {"images": x.numpy()})[0]
+        # float32 bound: the reference rounds what the runtime rounds; a level that flips on a
+        # float-order difference moves a logit by one step of a fine 8-bit grid
+        assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 15 / 16
+        assert np.median(np.abs(ours - theirs).max(1) / (ours.max(1) - ours.min(1))) <= 1e-3

@@ -50,14 +50,13 @@ class ExportOptions:
     # against a reference that rounds what the export rounds (simulated_qdq): 1e-7 to 4e-5 in
     # the integer form and in QDQ with float residual inputs (exact integer sums against float
     # ones); one output channel's scale doubled or codes negated: 4e-3 to 8e-3 on the tiny net.
-    # QDQ with int8 residual inputs: 8.7e-3 on a CIFAR-100 ResNet-20 (a fine 8-bit grid on
-    # every residual value: float-order differences flip a few levels in every image), so it
-    # is held only to 2e-2, which a one-channel error can pass
+    # QDQ with int8 residuals (8-bit residual inputs and streams): an earlier form (streams
+    # float) measured 8.7e-3 on a CIFAR-100 ResNet-20 and was held to 2e-2; see logit_limit
     max_logit_error: float | None = None
     overrides: tuple = ()
     force: bool = False
     form: str = "integer"              # integer (ConvInteger) or qdq (QuantizeLinear/DequantizeLinear)
-    residual: str = "float"            # qdq: a convolution feeding float arithmetic stays float, or ends in int8
+    residual: str = "float"            # qdq: residual sums and their inputs float, or through 8 bits (int8)
     range_batches: int = 4             # qdq with residual int8: training batches that set those int8 scales
 
     def logit_limit(self) -> float:

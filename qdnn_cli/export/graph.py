@@ -52,6 +52,7 @@ class GraphBuilder:
         self.initializers: list = []
         self._names: set[str] = set()
         self._quantized: dict = {}
+        self.dequantized: dict[str, tuple[str, str, str]] = {}  # a DequantizeLinear's output -> (its input, scale, zero)
         self.packed: dict = {}  # initializer name -> PackedCodes: integer weight codes, for the package
 
     def _unique(self, hint: str) -> str:
@@ -197,6 +198,19 @@ class GraphBuilder:
         zero = self.const(np.array(128, np.uint8), f"{hint}.out_zero")
         q = self.op("QuantizeLinear", [y, s, zero], f"{hint}.out_q")
         return self.op("DequantizeLinear", [q, s, zero], f"{hint}.out_dq")
+
+    def requantize_stream(self, x: str, scale: float, hint: str) -> str:
+        """A residual stream (a ReLU's output) through uint8 and back at ``scale`` (zero point
+        0: ``QuantizeLinear`` saturating at 0 *is* the ReLU, so none is emitted). With every
+        input of a residual sum dequantized this way, the runtime fuses the sum into an
+        integer addition and keeps the whole block in integers."""
+        source = self.pre_relu.get(x, x)
+        s = self.const(np.array(scale, np.float32), f"{hint}.stream_scale")
+        zero = self.const(np.array(0, np.uint8), f"{hint}.stream_zero")
+        q = self.op("QuantizeLinear", [source, s, zero], f"{hint}.stream_q")
+        out = self.op("DequantizeLinear", [q, s, zero], f"{hint}.stream")
+        self.dequantized[out] = (q, s, zero)
+        return out
 
     def qdq_linear(self, x: str, grid: ActGrid, weight: IntegerWeight, hint: str, weight_scale: np.ndarray,
                    bias: np.ndarray) -> str:

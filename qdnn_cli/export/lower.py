@@ -51,16 +51,19 @@ def _conv_attrs(conv: nn.Conv2d) -> dict:
                 dilations=list(conv.dilation), group=conv.groups)
 
 
+RESIDUAL_BLOCKS = (CifarBasicBlock, BasicBlock, Bottleneck)  # blocks that end in ReLU(sum): a non-negative stream
+
+
 @torch.no_grad()
 def output_ranges(model: nn.Module, batches) -> dict:
-    """The largest |output| of every BN of ``model`` in its current mode over ``batches``
-    (a convolution's output with its BN folded in): the 8-bit scale of a QDQ export's
-    convolutions whose output feeds a float residual sum (``residual="int8"``)."""
+    """The largest |output| over ``batches`` of every BN of ``model`` in its current mode
+    (a convolution's output with its BN folded in) and of every residual block (the
+    stream between blocks): the 8-bit scales of a QDQ export with ``residual="int8"``."""
     ranges: dict = {}
 
     def hook(module, args, out):
         ranges[module] = max(ranges.get(module, 0.0), float(out.detach().abs().max()))
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BitSpecificBN)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (BitSpecificBN, *RESIDUAL_BLOCKS))]
     try:
         model.eval()
         for x in batches:
@@ -74,23 +77,26 @@ def output_ranges(model: nn.Module, batches) -> dict:
 @contextlib.contextmanager
 def simulated_qdq(lowering: "Lowering"):
     """The model computes what its QDQ export computes: each fused convolution's bias
-    rounded to int32 at the accumulator's scale, and each requantized residual input
-    rounded to the export's 8-bit grid (uint8, zero point 128, half to even as
-    ``QuantizeLinear``). The export's parity reference; the plain model gives the top-1
-    cost of these roundings."""
-    def hook(bn):
-        shift = lowering.bias_shift.get(bn)
+    rounded to int32 at the accumulator's scale, each requantized residual input rounded to
+    the export's 8-bit grid (uint8, zero point 128, half to even as ``QuantizeLinear``), and
+    each residual stream to its uint8 grid (zero point 0). The export's parity reference;
+    the plain model gives the top-1 cost of these roundings."""
+    def hook(module):
+        shift = lowering.bias_shift.get(module)
         shift = None if shift is None else torch.tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1)
-        scale = lowering.requantized.get(bn)
+        scale, stream = lowering.requantized.get(module), lowering.streams.get(module)
 
         def apply(module, args, out):
             if shift is not None:
                 out = out + shift.to(out.device)
             if scale is not None:
                 out = torch.fake_quantize_per_tensor_affine(out, scale, 128, 0, 255)
+            if stream is not None:  # zero point 0: negatives become 0, the ReLU that follows a stem BN
+                out = torch.fake_quantize_per_tensor_affine(out, stream, 0, 0, 255)
             return out
         return apply
-    handles = [bn.register_forward_hook(hook(bn)) for bn in set(lowering.bias_shift) | set(lowering.requantized)]
+    hooked = set(lowering.bias_shift) | set(lowering.requantized) | set(lowering.streams)
+    handles = [m.register_forward_hook(hook(m)) for m in hooked]
     try:
         yield
     finally:
@@ -98,17 +104,27 @@ def simulated_qdq(lowering: "Lowering"):
             h.remove()
 
 
+def _runs_integer(layer: nn.Module) -> bool:
+    """A convolution that quantizes both its weights and its input (an integer kernel)."""
+    return (isinstance(layer, QConv2d) and layer.quantize and layer.w_bits != FULL_PRECISION
+            and layer.quantize_input and layer.a_bits != FULL_PRECISION)
+
+
 class Lowering:
     """Emits one model's layers into a :class:`GraphBuilder`. ``ranges`` (QDQ form only):
     output ranges from :func:`output_ranges`; given, a quantized convolution whose output
     feeds a float residual sum is requantized to int8-range uint8 at that range's scale, so
-    that the runtime fuses it into an integer kernel too; absent, that output stays float."""
+    that the runtime fuses it into an integer kernel too, and the residual stream (the stem's
+    and every block's ReLU output) goes through uint8 at its range's scale, so that the sums
+    fuse into integer additions; absent, those stay float."""
 
     def __init__(self, model: nn.Module, graph: GraphBuilder, ranges: dict | None = None):
         self.g = graph
-        self.ranges = ranges
+        # a full-precision mode's stream stays float: only integer convolutions read it in integers
+        self.ranges = ranges if any(_runs_integer(m) for m in model.modules()) else None
         self.requantized: dict = {}  # BN module -> the 8-bit scale its output was requantized at
         self.bias_shift: dict = {}   # BN module -> what rounding the bias to int32 adds to its output
+        self.streams: dict = {}      # stem BN or residual block -> the uint8 scale of the stream it outputs
         self.names = {m: n for n, m in model.named_modules()}
         self.int_layers = 0       # layers run by integer kernels
         self.float_layers = 0
@@ -174,6 +190,15 @@ class Lowering:
     def relu(self, x: str) -> str:
         return self.g.relu(x)
 
+    def stream(self, module: nn.Module, x: str) -> str:
+        """``x``, the ReLU output of ``module`` (a residual block, or the stem's BN) that the
+        next block reads twice (its first convolution and its shortcut): through uint8 with
+        ``residual="int8"``, as it is."""
+        if self.g.form != "qdq" or not self.ranges or not self.ranges.get(module):
+            return x
+        self.streams[module] = self.ranges[module] / 255.0
+        return self.g.requantize_stream(x, self.streams[module], f"{self.names[module]}")
+
     def add(self, a: str, b: str) -> str:
         return self.g.op("Add", [a, b], "add")
 
@@ -186,7 +211,7 @@ class Lowering:
         if isinstance(block, CifarBasicBlock):
             out = self.relu(self.conv(block.conv1, x, block.bn1))
             out = self.conv(block.conv2, out, block.bn2, feeds_float=True)
-            return self.relu(self.add(out, self._option_a(block, x)))
+            return self.stream(block, self.relu(self.add(out, self._option_a(block, x))))
         if isinstance(block, PreActBlock):
             out = self.relu(self.bn(block.bn1, x))
             short = x if block.shortcut is None else self.conv(block.shortcut, out)
@@ -202,7 +227,7 @@ class Lowering:
                 out = self.conv(block.conv2, out, block.bn2, feeds_float=True)
             identity = x if block.downsample is None else self.conv(block.downsample[0], x, block.downsample[1],
                                                                     feeds_float=True)
-            return self.relu(self.add(out, identity))
+            return self.stream(block, self.relu(self.add(out, identity)))
         raise InputError(f"no ONNX form for block {type(block).__name__}")
 
     def _option_a(self, block: CifarBasicBlock, x: str) -> str:
@@ -210,13 +235,15 @@ class Lowering:
         if block.pad == 0 and block.stride == 1:
             return x
         g, s = self.g, block.stride
-        strided = g.op("Slice", [x, g.const(np.array([0, 0], np.int64), "sc.starts"),
+        quantized = g.dequantized.get(x)  # a uint8 stream: slice and pad its codes (0 is 0.0), dequantize after
+        strided = g.op("Slice", [quantized[0] if quantized else x, g.const(np.array([0, 0], np.int64), "sc.starts"),
                                  g.const(np.array([2**62, 2**62], np.int64), "sc.ends"),
                                  g.const(np.array([2, 3], np.int64), "sc.axes"),
                                  g.const(np.array([s, s], np.int64), "sc.steps")], "shortcut.slice")
         half = block.pad // 2
         pads = np.array([0, half, 0, 0, 0, block.pad - half, 0, 0], np.int64)
-        return g.op("Pad", [strided, g.const(pads, "sc.pads")], "shortcut.pad")
+        padded = g.op("Pad", [strided, g.const(pads, "sc.pads")], "shortcut.pad")
+        return g.op("DequantizeLinear", [padded, *quantized[1:]], "shortcut.dq") if quantized else padded
 
     def stages(self, model, x: str, names=("layer1", "layer2", "layer3", "layer4")) -> str:
         for stage in names:
@@ -234,13 +261,13 @@ def lower_model(model: nn.Module, graph: GraphBuilder, x: str, ranges: dict | No
             x = low.relu(low.conv(conv, x, bn, feeds_float=conv is model.conv3))  # the last one feeds the float head
         return low.head(model.fc, x), low
     if isinstance(model, CifarResNet):
-        x = low.relu(low.conv(model.conv1, x, model.bn1))
+        x = low.stream(model.bn1, low.relu(low.conv(model.conv1, x, model.bn1)))
         return low.head(model.fc, low.stages(model, x)), low
     if isinstance(model, PreActResNet):
         x = low.stages(model, low.conv(model.conv1, x))
         return low.head(model.fc, low.relu(low.bn(model.bn, x))), low
     if isinstance(model, ResNet):
-        x = low.relu(low.conv(model.conv1, x, model.bn1))
+        x = low.stream(model.bn1, low.relu(low.conv(model.conv1, x, model.bn1)))
         if isinstance(model.maxpool, nn.MaxPool2d):
             x = graph.op("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
         return low.head(model.fc, low.stages(model, x)), low
