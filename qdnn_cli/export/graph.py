@@ -36,6 +36,25 @@ def quantized_bias(bias: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.
     return np.round(bias / scale.astype(np.float64)).astype(np.int32), scale
 
 
+def code_factor(weight: IntegerWeight, grid: ActGrid) -> int:
+    """The power of two a QDQ convolution multiplies its weight codes by (their scale divided
+    alike): the integer kernel computes the same numbers, but its accumulator's step, and so
+    the int32 bias's rounding, becomes that much finer (2-bit DoReFa codes ±1, ±3 become
+    ±32, ±96: the bias rounds 32 times finer). Bounded by int8 and by int16, which AVX2's
+    uint8 × int8 kernels (no VNNI) sum pairs of products in: 2 · top level · top code."""
+    top = int(np.abs(weight.codes).max())
+    factor = 1
+    while top and top * factor * 2 <= 127 and 2 * grid.levels * top * factor * 2 <= 32767:
+        factor *= 2
+    return factor
+
+
+def accumulator_scale(grid: ActGrid, weight: IntegerWeight, weight_scale: np.ndarray) -> np.ndarray:
+    """The step of a QDQ convolution's integer sums, per output channel: what its bias is
+    rounded to."""
+    return grid.scale * np.abs(weight_scale) / code_factor(weight, grid)
+
+
 class GraphBuilder:
     """``form``: ``integer`` (``ConvInteger`` / ``MatMulInteger`` and an explicit rescale) or
     ``qdq`` (``QuantizeLinear`` / ``DequantizeLinear`` around float operators, the form that
@@ -159,17 +178,19 @@ class GraphBuilder:
             self._quantized[key] = self.op("DequantizeLinear", [q, scale, zero], f"{hint}.act_dq")
         return self._quantized[key]
 
-    def qdq_weight(self, weight: IntegerWeight, scale: np.ndarray, hint: str) -> str:
-        """The weight as ``DequantizeLinear`` of int8 codes, one positive scale per output
-        channel (a negative folded-BN scale flips that channel's codes instead)."""
+    def qdq_weight(self, weight: IntegerWeight, scale: np.ndarray, hint: str, factor: int = 1) -> str:
+        """The weight as ``DequantizeLinear`` of int8 codes times ``factor`` (see
+        :func:`code_factor`), one positive scale per output channel (a negative folded-BN
+        scale flips that channel's codes instead)."""
         if not weight.fits_int8:
             raise NoQDQForm(f"{hint}: {weight.bits}-bit weight codes do not fit int8")
         sign = np.where(scale < 0, -1, 1)
-        flipped = weight.codes * sign.reshape((-1,) + (1,) * (weight.codes.ndim - 1))
+        flipped = weight.codes * sign.reshape((-1,) + (1,) * (weight.codes.ndim - 1)) * factor
         if flipped.min() < -128 or flipped.max() > 127:
             raise NoQDQForm(f"{hint}: a negative BN scale flips {weight.bits}-bit codes out of int8")
-        codes = self.codes(weight, hint, sign if (sign < 0).any() else None)  # stored packed, folded at load
-        return self.op("DequantizeLinear", [codes, self.const(np.abs(scale).astype(np.float32), f"{hint}.weight_scale"),
+        multiplier = sign * factor
+        codes = self.codes(weight, hint, multiplier if (multiplier != 1).any() else None)  # stored packed, folded at load
+        return self.op("DequantizeLinear", [codes, self.const((np.abs(scale) / factor).astype(np.float32), f"{hint}.weight_scale"),
                                             self.const(np.zeros(len(scale), np.int8), f"{hint}.weight_zero")],
                        f"{hint}.weight", axis=0)
 
@@ -178,8 +199,10 @@ class GraphBuilder:
         """A quantized convolution in QDQ form: its float ``Conv`` reads dequantized
         activations and weights (BN folded into the weight scales and the bias)."""
         xq = self.qdq_activation(x, grid, hint)
-        w = self.qdq_weight(weight, weight_scale, hint)
-        return self.op("Conv", [xq, w, self.qdq_bias(bias, grid.scale * np.abs(weight_scale), hint)], f"{hint}.out", **conv)
+        factor = code_factor(weight, grid)
+        w = self.qdq_weight(weight, weight_scale, hint, factor)
+        return self.op("Conv", [xq, w, self.qdq_bias(bias, accumulator_scale(grid, weight, weight_scale), hint)],
+                       f"{hint}.out", **conv)
 
     def qdq_bias(self, bias: np.ndarray, scale: np.ndarray, hint: str) -> str:
         """The bias as int32 at the accumulator's scale (activation × weight scale), which is

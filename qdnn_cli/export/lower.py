@@ -23,7 +23,7 @@ from ..models.resnets import (BasicBlock, Bottleneck, CifarBasicBlock, CifarResN
                               ResNet, TinyNet)
 from ..quant.layers import BitSpecificBN, QConv2d, QLinear
 from ..quant.quantizers import FULL_PRECISION
-from .graph import GraphBuilder, quantized_bias
+from .graph import GraphBuilder, accumulator_scale, quantized_bias
 from .integer import act_integer_form, weight_integer_form
 
 
@@ -74,6 +74,15 @@ def output_ranges(model: nn.Module, batches) -> dict:
     return ranges
 
 
+def _through_uint8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """``DequantizeLinear(QuantizeLinear(x))`` at ``scale`` (rounded to float32, as the graph
+    stores it): half to even, saturating to uint8, in ``x``'s own precision (the float64
+    reference needs that; ``torch.fake_quantize_per_tensor_affine`` rounds its scale's
+    reciprocal in float32)."""
+    scale = float(np.float32(scale))
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
 @contextlib.contextmanager
 def simulated_qdq(lowering: "Lowering"):
     """The model computes what its QDQ export computes: each fused convolution's bias
@@ -90,9 +99,9 @@ def simulated_qdq(lowering: "Lowering"):
             if shift is not None:
                 out = out + shift.to(out.device)
             if scale is not None:
-                out = torch.fake_quantize_per_tensor_affine(out, scale, 128, 0, 255)
+                out = _through_uint8(out, scale, 128)
             if stream is not None:  # zero point 0: negatives become 0, the ReLU that follows a stem BN
-                out = torch.fake_quantize_per_tensor_affine(out, stream, 0, 0, 255)
+                out = _through_uint8(out, stream, 0)
             return out
         return apply
     hooked = set(lowering.bias_shift) | set(lowering.requantized) | set(lowering.streams)
@@ -155,7 +164,7 @@ class Lowering:
         self.int_layers += 1
         if self.g.form == "qdq":
             y = self.g.qdq_conv(x, grid, codes, name, codes.scale * bn_scale, bias, **attrs)
-            q, s = quantized_bias(bias, grid.scale * np.abs(codes.scale * bn_scale))
+            q, s = quantized_bias(bias, accumulator_scale(grid, codes, codes.scale * bn_scale))
             if bn is not None:
                 self.bias_shift[bn] = q.astype(np.float64) * s.astype(np.float64) - bias
             if feeds_float and self.ranges is not None and self.ranges.get(bn):
