@@ -329,3 +329,22 @@ def test_reproduce_of_a_side_grid_reports_beside_its_runs(tmp_path, monkeypatch)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "runs" / "results.md").exists() and (tmp_path / "runs" / "results.csv").exists()
     assert not (tmp_path / "experiments").exists()
+
+
+def test_passes_of_a_run_started_from_another_count_the_source(tmp_path, capsys):
+    """An FP start's budget is the FP model's passes plus its own: the equal-passes axis."""
+    import yaml
+
+    from qdnn_cli.report.collect import passes_of
+    source = tmp_path / "fp64"
+    source.mkdir()
+    (source / "config.yaml").write_text(yaml.safe_dump({"trainer": {"kind": "dedicated", "epochs": 64},
+                                                          "quant": {"bits": [32]}}))
+    started = {"trainer": {"kind": "quantizable", "epochs": 8}, "quant": {"bits": [2, 3, 4, 8, 32]},
+               "model": {"init_from": str(source)}}
+    assert passes_of(started) == 64 + 40
+    started["model"]["init_from"] = str(source / "checkpoint.pt")  # a checkpoint file: its run's config
+    assert passes_of(started) == 64 + 40
+    started["model"]["init_from"] = str(tmp_path / "gone")
+    assert passes_of(started) == 40
+    assert "gone" in capsys.readouterr().err
