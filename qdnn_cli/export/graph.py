@@ -102,10 +102,14 @@ class GraphBuilder:
         wide = self.op("Cast", [self.levels(weight, hint)], f"{hint}.level_wide", to=TensorProto.INT32)
         scaled = self.op("Mul", [wide, self.const(np.array(weight.stride, np.int32), f"{hint}.code_stride")], f"{hint}.code_scaled")
         codes = self.op("Add", [scaled, self.const(np.array(weight.offset, np.int32), f"{hint}.code_offset")], f"{hint}.code")
-        if sign is not None:
-            shape = (-1,) + (1,) * (weight.codes.ndim - 1)
-            codes = self.op("Mul", [codes, self.const(sign.astype(np.int32).reshape(shape), f"{hint}.code_sign")],
-                            f"{hint}.code_signed")
+        if sign is not None:  # one per output channel, stored as int8 (a scalar where all are equal)
+            if (sign == sign.flat[0]).all():
+                multiplier = self.const(np.array(sign.flat[0], np.int32), f"{hint}.code_sign")
+            else:
+                shape = (-1,) + (1,) * (weight.codes.ndim - 1)
+                multiplier = self.op("Cast", [self.const(sign.astype(np.int8).reshape(shape), f"{hint}.code_sign")],
+                                     f"{hint}.code_sign_wide", to=TensorProto.INT32)
+            codes = self.op("Mul", [codes, multiplier], f"{hint}.code_signed")
         return self.op("Cast", [codes], f"{hint}.weight_q", to=TensorProto.INT8 if weight.fits_int8 else TensorProto.INT16)
 
     def levels(self, weight: IntegerWeight, hint: str, transpose: bool = False) -> str:
