@@ -39,7 +39,7 @@ def guarded(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .errors import is_input_error
-        from .startup import take_held_signal
+        from .startup import StopRequested, take_held_signal
 
         held = take_held_signal()
         if held is not None:  # a stop signal while qdnn was starting: nothing was done yet
@@ -55,6 +55,9 @@ def guarded(fn):
         except KeyboardInterrupt:
             err_console.print("interrupted: finished epochs are saved; run the same command again to resume")
             raise typer.Exit(130)
+        except StopRequested as e:  # a command that cleaned up after itself (an export)
+            err_console.print(f"stopped by signal {e.signum}: nothing half-written was left; what had finished stays")
+            raise typer.Exit(128 + e.signum)
         except Exception as e:  # noqa: BLE001 - the one place errors become messages
             from .engine import RESUMABLE_EXIT, RunInterrupted
 

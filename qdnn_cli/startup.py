@@ -6,8 +6,10 @@ this runs before anything heavy is imported.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -38,3 +40,48 @@ def take_held_signal() -> int | None:
             signal.signal(s, signal.SIG_DFL)
     held, _held["signal"] = _held["signal"], None
     return held
+
+
+class StopRequested(Exception):
+    """A stop signal during a command that cleans up and ends (not a resumable training)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_stop(signum, frame) -> None:
+    raise StopRequested(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """Within: a stop signal raises :class:`StopRequested` where the code is, so that its
+    ``finally`` blocks remove what is half-written (a default SIGTERM would end the process
+    and leave it). The previous handlers come back after. Outside the main thread, where
+    handlers cannot be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s in STOP_SIGNALS:
+        signal.signal(s, _raise_stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Within: stop signals wait (a few file renames that must not stop halfway); one that
+    came is delivered on leaving."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

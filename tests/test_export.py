@@ -469,3 +469,20 @@ def test_int8_residual_keeps_a_resnet_in_integer_kernels_and_the_reference_exact
         # float-order difference moves a logit by one step of a fine 8-bit grid
         assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 15 / 16
         assert np.median(np.abs(ours - theirs).max(1) / (ours.max(1) - ours.min(1))) <= 1e-3
+
+
+def test_a_stop_signal_mid_export_leaves_nothing_half_written(trained, tmp_path):
+    """SIGTERM while the modes are being checked: the partial folder is removed, the
+    destination never appears, and the process's own handler comes back."""
+    import os
+    import signal
+
+    from qdnn_cli.startup import StopRequested
+
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "deploy"
+    with pytest.raises(StopRequested):  # the first mode's line is said after its parity check
+        export_checkpoint(trained / "checkpoint.pt", out, ExportOptions(modes=[4, 32]),
+                          say=lambda line: os.kill(os.getpid(), signal.SIGTERM))
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -21,6 +21,7 @@ import torch
 from ..errors import InputError
 from ..quant import BitConfig, mode_label, model_modes, sort_modes
 from ..quant.mixed import apply_bits, check_config
+from ..startup import stop_signals_blocked, stop_signals_raise
 
 
 class ExportError(InputError):
@@ -110,100 +111,102 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
     images, labels = _validation_slice(data.val, options.images, data.num_val)
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename: follow the umask as every output does
-    try:
-        rows, models, packed = [], {}, {}
-        for setting in settings:
-            label = "config" if isinstance(setting, BitConfig) else file_label(setting)
-            if label == "config" and options.calibrate_bn > 0:
-                # last, after every uniform mode is exported: the configuration's statistics are
-                # re-estimated into the per-mode BNs its layers use, trained modes' among them
-                calibrate_bn(model, data.train, bit_cfg, options.calibrate_bn)
-            apply_bits(model, setting)
-            graph = GraphBuilder(f"qdnn-{label}", options.form)
-            ranges = None
-            if options.form == "qdq" and options.residual == "int8":
-                ranges = output_ranges(model, [x.float() for x, _ in itertools.islice(data.train, options.range_batches)])
-            try:
-                logits_name, lowering = lower_model(model, graph, "images", ranges)
-            except NoQDQForm as e:
-                raise ExportError(f"mode {label} has no QDQ form: {e}; --format integer exports it, or leave the mode "
-                                  "out with --modes") from None
-            doc = (f"qdnn export of {ckpt} in {'configuration ' + options.config.name if label == 'config' else 'mode ' + label}; "
-                   "input: images normalised as in training, NCHW float32")
-            onnx_model = graph.model("images", tuple(images.shape[1:]), logits_name, data.num_classes, doc)
-            path = work / f"{label}.onnx"
-            onnx.save(onnx_model, path)
-            # the reference computes what the export computes, in float64: the runtime's integer
-            # sums are exact, and a float32 model rounds where a BN subtracts a mean close to
-            # its input, enough to move quantization levels in most images of a trained model
-            # (97-98 % identical predictions at 4 bits, against 100 % in float64). With the
-            # QDQ form's roundings simulated (int32 biases, 8-bit residuals); the plain float32
-            # model's top-1, as trained, is kept beside it
-            plain = _predict(model, images)
-            with simulated_qdq(lowering):
-                ours = _predict(model.double(), images.double())
-            model.float()  # float32 -> float64 -> float32 is lossless
-            session = ort.InferenceSession(str(path), _session_options(ort, 2), providers=["CPUExecutionProvider"])
-            theirs = np.concatenate([session.run(None, {"images": images[i:i + 256].numpy()})[0]
-                                     for i in range(0, len(images), 256)])
-            row = _parity_row(label, ours, theirs, labels.numpy(), lowering, path)
-            row["top1_qdnn_unrounded"] = round(100 * float((plain.argmax(1) == labels.numpy()).mean()), 4)
-            wrong = parity_failure(row, len(labels), options)
-            if wrong:
-                raise ExportError(f"mode {label}: the ONNX model does not compute what qdnn computes: {wrong} "
-                                  f"(ONNX Runtime top-1 {row['top1_onnx']:.2f} %, qdnn {row['top1_qdnn']:.2f} %, "
-                                  f"{len(labels)} images)")
-            for other in [r for r in runtimes.RUNTIMES if r != "onnxruntime" and runtimes.installed(r)]:
-                run_other = runtimes.load(other, path, 2)
-                logits = np.concatenate([run_other(images[i:i + 256].numpy()) for i in range(0, len(images), 256)])
-                extra = _parity_row(label, ours, logits, labels.numpy(), lowering, path)
-                # ONNX Runtime's check above decides; another runtime's figures are reported, and a
-                # runtime that computes the file differently is said (one line), not hidden
-                wrong = parity_failure(extra, len(labels), options)
+    with stop_signals_raise():  # a stop signal removes the half-written export (finally below)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename: follow the umask as every output does
+        try:
+            rows, models, packed = [], {}, {}
+            for setting in settings:
+                label = "config" if isinstance(setting, BitConfig) else file_label(setting)
+                if label == "config" and options.calibrate_bn > 0:
+                    # last, after every uniform mode is exported: the configuration's statistics are
+                    # re-estimated into the per-mode BNs its layers use, trained modes' among them
+                    calibrate_bn(model, data.train, bit_cfg, options.calibrate_bn)
+                apply_bits(model, setting)
+                graph = GraphBuilder(f"qdnn-{label}", options.form)
+                ranges = None
+                if options.form == "qdq" and options.residual == "int8":
+                    ranges = output_ranges(model, [x.float() for x, _ in itertools.islice(data.train, options.range_batches)])
+                try:
+                    logits_name, lowering = lower_model(model, graph, "images", ranges)
+                except NoQDQForm as e:
+                    raise ExportError(f"mode {label} has no QDQ form: {e}; --format integer exports it, or leave the mode "
+                                      "out with --modes") from None
+                doc = (f"qdnn export of {ckpt} in {'configuration ' + options.config.name if label == 'config' else 'mode ' + label}; "
+                       "input: images normalised as in training, NCHW float32")
+                onnx_model = graph.model("images", tuple(images.shape[1:]), logits_name, data.num_classes, doc)
+                path = work / f"{label}.onnx"
+                onnx.save(onnx_model, path)
+                # the reference computes what the export computes, in float64: the runtime's integer
+                # sums are exact, and a float32 model rounds where a BN subtracts a mean close to
+                # its input, enough to move quantization levels in most images of a trained model
+                # (97-98 % identical predictions at 4 bits, against 100 % in float64). With the
+                # QDQ form's roundings simulated (int32 biases, 8-bit residuals); the plain float32
+                # model's top-1, as trained, is kept beside it
+                plain = _predict(model, images)
+                with simulated_qdq(lowering):
+                    ours = _predict(model.double(), images.double())
+                model.float()  # float32 -> float64 -> float32 is lossless
+                session = ort.InferenceSession(str(path), _session_options(ort, 2), providers=["CPUExecutionProvider"])
+                theirs = np.concatenate([session.run(None, {"images": images[i:i + 256].numpy()})[0]
+                                         for i in range(0, len(images), 256)])
+                row = _parity_row(label, ours, theirs, labels.numpy(), lowering, path)
+                row["top1_qdnn_unrounded"] = round(100 * float((plain.argmax(1) == labels.numpy()).mean()), 4)
+                wrong = parity_failure(row, len(labels), options)
                 if wrong:
-                    say(f"warning: {label} in {other} differs from qdnn: {wrong}")
-                row.update({f"{other}_{k}": extra[k] for k in ("top1_onnx", "argmax_agreement", "median_logit_error")})
-                row[f"{other}_parity"] = "failed" if wrong else "passed"
-            say(f"{label}: top-1 {row['top1_onnx']:.2f} % in ONNX Runtime, {row['top1_qdnn']:.2f} % in qdnn, "
-                f"{100 * row['argmax_agreement']:.2f} % identical predictions, {row['onnx_bytes']:,} bytes")
-            rows.append(row)
-            models[label] = onnx_model
-            packed[label] = graph.packed
-        package = write_package(work / PACKAGE_NAME, models, packed)
-        fp_bytes = _fp_bytes(model)
-        for row in rows:
-            size = package["modes"][row["mode"]]
-            row.update(packed_weight_bytes=size.integer_weights, float_bytes=size.float_bytes,
-                       packed_total_bytes=size.total, integer_codes=size.integer_count,
-                       fp32_model_bytes=fp_bytes)
-        write_csv(work / "export.csv", rows)
-        summary = {
-            "checkpoint": str(ckpt), "epoch": run.checkpoint.get("epoch"), "model": run.checkpoint["model_name"],
-            "trained_modes": [str(m) for m in trained], "calibrated_modes": [str(m) for m in untrained],
-            "calibrated_config": bool(bit_cfg is not None and options.calibrate_bn > 0),
-            "input_shape": list(images.shape[1:]), "normalisation": _normalisation(data.val),
-            "format": options.form, "residual": options.residual if options.form == "qdq" else None, "parity_images": int(len(labels)),
-            "parity_limits": {"max_disagreement": options.max_disagreement, "max_logit_error": options.max_logit_error},
-            "package": {"file": PACKAGE_NAME, "bytes": package["bytes"],
-                        "blob_bytes": package["blob_bytes"],
-                        "per_mode_total_bytes": sum(s.total for s in package["modes"].values())},
-            "fp32_model_bytes": fp_bytes, "modes": rows,
-            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        if bit_cfg is not None:
-            shutil.copy(options.config, work / "config.yaml")
-        (work / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+                    raise ExportError(f"mode {label}: the ONNX model does not compute what qdnn computes: {wrong} "
+                                      f"(ONNX Runtime top-1 {row['top1_onnx']:.2f} %, qdnn {row['top1_qdnn']:.2f} %, "
+                                      f"{len(labels)} images)")
+                for other in [r for r in runtimes.RUNTIMES if r != "onnxruntime" and runtimes.installed(r)]:
+                    run_other = runtimes.load(other, path, 2)
+                    logits = np.concatenate([run_other(images[i:i + 256].numpy()) for i in range(0, len(images), 256)])
+                    extra = _parity_row(label, ours, logits, labels.numpy(), lowering, path)
+                    # ONNX Runtime's check above decides; another runtime's figures are reported, and a
+                    # runtime that computes the file differently is said (one line), not hidden
+                    wrong = parity_failure(extra, len(labels), options)
+                    if wrong:
+                        say(f"warning: {label} in {other} differs from qdnn: {wrong}")
+                    row.update({f"{other}_{k}": extra[k] for k in ("top1_onnx", "argmax_agreement", "median_logit_error")})
+                    row[f"{other}_parity"] = "failed" if wrong else "passed"
+                say(f"{label}: top-1 {row['top1_onnx']:.2f} % in ONNX Runtime, {row['top1_qdnn']:.2f} % in qdnn, "
+                    f"{100 * row['argmax_agreement']:.2f} % identical predictions, {row['onnx_bytes']:,} bytes")
+                rows.append(row)
+                models[label] = onnx_model
+                packed[label] = graph.packed
+            package = write_package(work / PACKAGE_NAME, models, packed)
+            fp_bytes = _fp_bytes(model)
+            for row in rows:
+                size = package["modes"][row["mode"]]
+                row.update(packed_weight_bytes=size.integer_weights, float_bytes=size.float_bytes,
+                           packed_total_bytes=size.total, integer_codes=size.integer_count,
+                           fp32_model_bytes=fp_bytes)
+            write_csv(work / "export.csv", rows)
+            summary = {
+                "checkpoint": str(ckpt), "epoch": run.checkpoint.get("epoch"), "model": run.checkpoint["model_name"],
+                "trained_modes": [str(m) for m in trained], "calibrated_modes": [str(m) for m in untrained],
+                "calibrated_config": bool(bit_cfg is not None and options.calibrate_bn > 0),
+                "input_shape": list(images.shape[1:]), "normalisation": _normalisation(data.val),
+                "format": options.form, "residual": options.residual if options.form == "qdq" else None, "parity_images": int(len(labels)),
+                "parity_limits": {"max_disagreement": options.max_disagreement, "max_logit_error": options.max_logit_error},
+                "package": {"file": PACKAGE_NAME, "bytes": package["bytes"],
+                            "blob_bytes": package["blob_bytes"],
+                            "per_mode_total_bytes": sum(s.total for s in package["modes"].values())},
+                "fp32_model_bytes": fp_bytes, "modes": rows,
+                "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            if bit_cfg is not None:
+                shutil.copy(options.config, work / "config.yaml")
+            (work / "export.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            with stop_signals_blocked():  # the swap never stops halfway
+                if out.exists():
+                    shutil.rmtree(out)
+                work.rename(out)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
