@@ -194,8 +194,8 @@ class GraphBuilder:
             raise NoQDQForm(f"{hint}: a negative BN scale flips {weight.bits}-bit codes out of int8")
         multiplier = sign * factor
         codes = self.codes(weight, hint, multiplier if (multiplier != 1).any() else None)  # stored packed, folded at load
-        return self.op("DequantizeLinear", [codes, self.const((np.abs(scale) / factor).astype(np.float32), f"{hint}.weight_scale"),
-                                            self.const(np.zeros(len(scale), np.int8), f"{hint}.weight_zero")],
+        # no zero point: an absent one is 0 of the codes' type, and costs no bytes
+        return self.op("DequantizeLinear", [codes, self.const((np.abs(scale) / factor).astype(np.float32), f"{hint}.weight_scale")],
                        f"{hint}.weight", axis=0)
 
     def qdq_conv(self, x: str, grid: ActGrid, weight: IntegerWeight, hint: str, weight_scale: np.ndarray,
@@ -214,8 +214,7 @@ class GraphBuilder:
         (:func:`quantized_bias` gives the exporter the same numbers)."""
         codes, scale = quantized_bias(bias, scale)
         return self.op("DequantizeLinear", [self.const(codes, f"{hint}.bias_q"),
-                                            self.const(scale.astype(np.float32), f"{hint}.bias_scale"),
-                                            self.const(np.zeros(len(scale), np.int32), f"{hint}.bias_zero")],
+                                            self.const(scale.astype(np.float32), f"{hint}.bias_scale")],
                        f"{hint}.bias", axis=0)
 
     def requantize(self, y: str, scale: float, hint: str) -> str:
