@@ -150,7 +150,7 @@ def export_checkpoint(ckpt: Path, out: Path, options: ExportOptions, say=print) 
                 with simulated_qdq(lowering):
                     ours = _predict(model.double(), images.double())
                 model.float()  # float32 -> float64 -> float32 is lossless
-                session = ort.InferenceSession(str(path), _session_options(ort, 2), providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(path), runtimes.ort_options(2), providers=["CPUExecutionProvider"])
                 theirs = np.concatenate([session.run(None, {"images": images[i:i + 256].numpy()})[0]
                                          for i in range(0, len(images), 256)])
                 row = _parity_row(label, ours, theirs, labels.numpy(), lowering, path)
@@ -272,14 +272,6 @@ def _validation_slice(loader, limit: int, total: int) -> tuple[torch.Tensor, tor
         raise ExportError("the validation split is empty: the parity check needs images")
     images, labels = torch.cat(xs), torch.cat(ys)
     return (images[:limit], labels[:limit]) if limit else (images, labels)
-
-
-def _session_options(ort, threads: int):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return so
 
 
 def _predict(model, images: torch.Tensor) -> np.ndarray:

@@ -33,17 +33,27 @@ def version(name: str) -> str:
     return __import__(name).__version__
 
 
+def ort_options(threads: int):
+    """ONNX Runtime session options: ``threads`` intra-op threads, quiet, and no spin-waiting
+    after a run: with several sessions alive (modes timed interleaved, a SwitchableSession)
+    one session's spinning threads would take the cores the next one runs on."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 def load(name: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """A ready session of ``path`` in runtime ``name``."""
     require(name)
     if name == "onnxruntime":
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), ort_options(threads), providers=["CPUExecutionProvider"])
         name_in = session.get_inputs()[0].name
         return lambda x: session.run(None, {name_in: x})[0]
     import openvino as ov

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .command import ExportError, _session_options, require_onnx
+from .command import ExportError, require_onnx
+from .runtimes import ort_options
 from .package import mode_model
 
 
@@ -40,7 +41,7 @@ class SwitchableSession:
         self.sessions = {}
         for label in modes:
             self.sessions[label] = ort.InferenceSession(mode_model(path, label).SerializeToString(),
-                                                        _session_options(ort, threads),
+                                                        ort_options(threads),
                                                         providers=["CPUExecutionProvider"])
         self.input = next(iter(self.sessions.values())).get_inputs()[0].name
 
