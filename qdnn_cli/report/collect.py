@@ -25,7 +25,8 @@ from ..quant import mode_from_label, parse_mode
 NON_VARIANT = ("name", "seed", "out_dir", "logger", "data.root", "data.download", "data.workers", "trainer.device",
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
                "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope", "trainer.mode_batch",
-               "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind", "model.init_sha256")
+               "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind", "model.init_sha256",
+               "trainer.checkpoint_every_minutes")
 BUDGET = ("trainer.epochs", "data.train_fraction")
 # readable names for the differences people ablate most
 FRIENDLY = {
