@@ -50,7 +50,7 @@ def test_sweep_rejects_bad_bits(tmp_path):
 
 # ----------------------------------------------------------------------------- report fixtures
 def make_run(path, top1: dict, kind="quantizable", seed=0, consistency=True, bsbn=True, state="finished", epoch=3,
-             epochs=3, lr=0.1, fraction=1.0, name="fixture"):
+             epochs=3, lr=0.1, fraction=1.0, name="fixture", trainer=None):
     path.mkdir(parents=True)
     bits = sorted(top1)
     cfg = {"name": name, "seed": seed, "model": {"name": "tiny", "kwargs": {"width": 8}},
@@ -59,7 +59,7 @@ def make_run(path, top1: dict, kind="quantizable", seed=0, consistency=True, bsb
                      "quantize_first_last": False, "quantize_shortcut": False},
            "loss": {"consistency": consistency, "target": "fp", "weight": 1.0},
            "optim": {"lr": lr},
-           "trainer": {"kind": kind, "epochs": epochs, "mode_sampling": "all", "device": f"dev{seed}"}}
+           "trainer": {"kind": kind, "epochs": epochs, "mode_sampling": "all", "device": f"dev{seed}", **(trainer or {})}}
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     (path / "status.json").write_text(json.dumps({"state": state, "epoch": epoch, "epochs": epochs}))
     (path / "data_info.json").write_text(json.dumps({"num_classes": 10, "in_channels": 1, "image_size": 8}))
@@ -133,6 +133,18 @@ def test_report_never_averages_runs_of_other_budgets_or_recipes(tmp_path):
     # the difference row pairs runs of the same budget only
     assert rows[("quantizable − dedicated", "4 ep")][2] == "+1.00"
     assert not any(k[0] == "quantizable − dedicated" and k[1] != "4 ep" for k in rows)
+
+
+def test_report_averages_seeds_that_differ_only_in_how_they_ran(tmp_path):
+    # mid-epoch checkpoints and thread counts change where a run can resume and how fast
+    # it goes, not what it learns: the seeds are one variant
+    root = tmp_path / "runs"
+    make_run(root / "s0", {32: 20.0, 2: 10.0}, seed=0, trainer={"checkpoint_every_minutes": 5.0, "num_threads": 1})
+    make_run(root / "s1", {32: 22.0, 2: 12.0}, seed=1, trainer={"checkpoint_every_minutes": None, "num_threads": 2})
+    r = qdnn("report", root, "--no-costs")
+    assert r.exit_code == 0, r.output
+    header, body = _markdown_rows(r.output)
+    assert [c[:3] for c in body] == [["quantizable", "3 ep", "2"]]
 
 
 def test_report_names_variants_against_the_experiment_defaults(tmp_path):
