@@ -322,6 +322,25 @@ def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
     assert r.exit_code == 2 and "--budget-axis 'hours'" in r.output and not (tmp_path / "x.png").exists()
 
 
+def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
+    """Many variants with long names: the legend below the axes must not be cut at the
+    picture's edges (it was, with two columns and a fixed canvas)."""
+    import numpy as np
+    from PIL import Image
+
+    from qdnn_cli.report.table import plot_budget
+
+    names = [f"quantizable (started from a trained run, optim.lr=0.01, variant number {i})" for i in range(6)]
+    curves = {(name, mode): [(64, 20.0 + i, float("nan"), 1), (128, 22.0 + i, 0.5, 2)]
+              for i, name in enumerate(names) for mode in (32, 2)}
+    png = tmp_path / "long.png"
+    plot_budget(curves, png, axis="passes")
+    with Image.open(png) as im:
+        pixels = np.asarray(im.convert("L"))
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    assert border.min() == 255, "something is drawn on the picture's edge: the legend is clipped"
+
+
 @pytest.mark.parametrize("trainer, passes", [
     ({"kind": "dedicated", "epochs": 40}, 40),
     ({"kind": "quantizable", "epochs": 8}, 40),                                      # 5 modes every step

@@ -200,9 +200,15 @@ def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    labels = ax.get_legend_handles_labels()[1]
+    # Two columns only while the labels are short: long variant names in two columns run
+    # past the figure's sides.
+    ncol = 2 if max(map(len, labels), default=0) <= 45 else 1
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    # "tight" grows the saved canvas to hold the legend below the axes, which tight_layout
+    # alone leaves outside the figure (clipped).
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
