@@ -320,15 +320,18 @@ def report(
                                     "(forward/backward passes per training image: equal compute)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="add a reference table's rows: a CSV, or cifar100 / cifar10 / imagenet (shipped with qdnn)"),
     no_costs: bool = typer.Option(False, "--no-costs", help="leave out model size and BOPs rows"),
+    convergence: Optional[Path] = typer.Option(None, "--convergence", help="write each variant's gain per mode "
+                                               "from one budget to the next (on --budget-axis) and whether it "
+                                               "is under 1 point in every mode: .md or .csv"),
 ):
     """One table from many runs: a row per comparable group of runs, a column per bit mode (top-1 %).
 
     Example: qdnn report runs/cifar100 --out table.md --plot table.png"""
     from .report import build_report
 
-    text = build_report(paths, fmt, out, plot_path, reference, not no_costs, budget_plot, budget_axis)
+    text = build_report(paths, fmt, out, plot_path, reference, not no_costs, budget_plot, budget_axis, convergence)
     console.print(text, markup=False, soft_wrap=True)
-    for p in (out, plot_path, budget_plot):
+    for p in (out, plot_path, budget_plot, convergence):
         if p:
             console.print(f"written: {p}")
 

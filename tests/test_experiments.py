@@ -2,6 +2,7 @@ import csv
 import io
 import json
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -320,6 +321,44 @@ def test_budget_curves_follow_each_variant_over_epochs(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "passes.png").exists(), r.output
     r = qdnn("report", root, "--no-costs", "--plot-budget", tmp_path / "x.png", "--budget-axis", "hours")
     assert r.exit_code == 2 and "--budget-axis 'hours'" in r.output and not (tmp_path / "x.png").exists()
+
+
+def test_convergence_table_applies_the_one_point_rule_per_mode(tmp_path):
+    """`qdnn report --convergence`: each variant's gain per mode from one budget to the next,
+    over the seeds run at both; converged only when every mode gains < 1 point."""
+    from qdnn_cli.report import collect, find_runs
+    from qdnn_cli.report.table import convergence_table
+
+    root = tmp_path / "runs"
+    # quantizable: 8 → 16 gains 5 points; 16 → 32 gains 0.5 at FP but 1.5 at 2 bits (seed mean)
+    for epochs, fp, low in ((8, 40.0, 30.0), (16, 45.0, 35.0), (32, 45.5, 36.5)):
+        for seed in (0, 1):
+            make_run(root / f"q{epochs}_{seed}", {32: fp + seed, 2: low + seed}, seed=seed, epochs=epochs, epoch=epochs)
+    # dedicated: seed 1 only at 64 epochs: the step is paired on seed 0 alone
+    make_run(root / "d32_0", {2: 20.0}, kind="dedicated", seed=0, epochs=32, epoch=32)
+    make_run(root / "d64_0", {2: 20.4}, kind="dedicated", seed=0, epochs=64, epoch=64)
+    make_run(root / "d64_1", {2: 30.0}, kind="dedicated", seed=1, epochs=64, epoch=64)
+    long, _ = collect(find_runs([root]))
+    steps = convergence_table(long).set_index(["variant", "from"])
+    q8, q16, d32 = steps.loc[("quantizable", 8)], steps.loc[("quantizable", 16)], steps.loc[("dedicated", 32)]
+    assert (q8["to"], q8[32], q8[2], q8["converged"]) == (16, 5.0, 5.0, False)
+    assert (q16[32], q16[2], q16["converged"]) == (pytest.approx(0.5), pytest.approx(1.5), False)
+    assert (d32["to"], d32["seeds"], d32[2], d32["converged"]) == (64, 1, pytest.approx(0.4), True)
+    assert pd.isna(d32[32])  # a mode the variant never trained is no gain
+    out = tmp_path / "convergence.csv"
+    r = qdnn("report", root, "--no-costs", "--convergence", out)
+    assert r.exit_code == 0, r.output
+    (printed,) = [line for line in r.output.splitlines() if "32 → 64 ep" in line]
+    assert printed.startswith("| dedicated ") and "| +0.40 " in printed and printed.rstrip(" |").endswith("yes")
+    rows = read_csv(out)
+    assert [(row["variant"], row["from"], row["converged"]) for row in rows] == [
+        ("quantizable", "8", "False"), ("quantizable", "16", "False"), ("dedicated", "32", "True")]
+    assert float(rows[1]["2-bit"]) == pytest.approx(1.5)
+    single = tmp_path / "single"
+    make_run(single / "q8", {32: 40.0}, epochs=8, epoch=8)
+    r = qdnn("report", single, "--convergence", tmp_path / "none.md")
+    assert r.exit_code == 2 and "no variant has finished runs at two budgets" in r.output
+    assert not (tmp_path / "none.md").exists()
 
 
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):

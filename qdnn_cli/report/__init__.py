@@ -8,8 +8,8 @@ import pandas as pd
 
 from ..quant import sort_modes
 from .collect import _warn, collect, find_runs
-from .table import (BUDGET_AXES, INFO, budget_curves, build_table, cost_rows, load_reference, plot, plot_budget, to_csv,
-                    to_markdown)
+from .table import (BUDGET_AXES, INFO, budget_curves, build_table, convergence_table, convergence_text, cost_rows,
+                    load_reference, plot, plot_budget, to_csv, to_markdown)
 from ..words import count
 
 
@@ -42,7 +42,7 @@ def reference_path(reference: str) -> Path:
 
 def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path: Path | None,
                  reference: str | None, costs: bool = True, budget_plot: Path | None = None,
-                 budget_axis: str = "epochs") -> str:
+                 budget_axis: str = "epochs", convergence: Path | None = None) -> str:
     from ..engine.rundir import atomic_write_text
 
     if fmt is None:  # the file's name says what it is
@@ -91,6 +91,15 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
         against = "epochs" if budget_axis == "epochs" else "passes per image"
         plot_budget(curves, budget_plot, ", ".join(sorted({r.name for r in runs})) + f": top-1 against {against}",
                     budget_axis)
+    if convergence:
+        steps = convergence_table(long, budget_axis)
+        if steps.empty:
+            raise FileNotFoundError("--convergence: no variant has finished runs at two budgets")
+        convergence.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(convergence, convergence_text(steps, "csv" if convergence.suffix.lower() == ".csv"
+                                                        else "markdown", budget_axis))
+        text += "\nEach budget against the one before (top-1 points gained; converged: < 1 in every mode):\n\n"
+        text += convergence_text(steps, "markdown", budget_axis)
     return text
 
 

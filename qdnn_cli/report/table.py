@@ -240,6 +240,56 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
     return curves
 
 
+def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
+    """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
+    per mode: the mean over the seeds run at both budgets (paired; every seed of each when
+    none is shared). A step is ``converged`` when no mode gained ``threshold`` points or
+    more: the rule "go on doubling until the last doubling adds < 1 point in every mode".
+    Columns: variant, from, to, seeds, paired, <mode>..., largest_gain, converged."""
+    if axis not in BUDGET_AXES:
+        raise ValueError(f"--budget-axis {axis!r}: choose {' or '.join(BUDGET_AXES)}")
+    done = long[long["finished"]]
+    modes = sort_modes(done["mode"].unique().tolist(), descending=True)
+    rows = []
+    for variant, g in sorted(done.groupby("variant", sort=False), key=lambda kv: _variant_order(kv[0])):
+        per_seed = g.groupby([axis, "seed", "mode"])["top1"].mean()  # a seed run twice counts once
+        budgets = sorted(per_seed.index.get_level_values(axis).unique())
+        for low, high in zip(budgets, budgets[1:]):
+            before, after = per_seed.xs(low, level=axis), per_seed.xs(high, level=axis)
+            shared = sorted(set(before.index.get_level_values("seed")) & set(after.index.get_level_values("seed")))
+            if shared:
+                before, after = before[before.index.isin(shared, level="seed")], after[after.index.isin(shared, level="seed")]
+            gain = (after.groupby(level="mode").mean() - before.groupby(level="mode").mean()).dropna()
+            if gain.empty:
+                continue
+            row = {"variant": variant, "from": int(low), "to": int(high),
+                   "seeds": len(shared) or f"{before.index.get_level_values('seed').nunique()} → "
+                                           f"{after.index.get_level_values('seed').nunique()}",
+                   "paired": bool(shared)}
+            row.update({m: float(gain[m]) for m in modes if m in gain})
+            row["largest_gain"] = float(gain.max())
+            row["converged"] = bool(gain.max() < threshold)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["variant", "from", "to", "seeds", "paired", *modes, "largest_gain", "converged"])
+
+
+def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str:
+    """:func:`convergence_table` as CSV (numbers) or markdown (signed points)."""
+    modes = [c for c in table.columns if c not in ("variant", "from", "to", "seeds", "paired", "largest_gain",
+                                                   "converged")]
+    if fmt == "csv":
+        out = table.rename(columns={m: mode_label(m) for m in modes})
+        return out.round(4).to_csv(index=False)
+    unit = "ep" if axis == "epochs" else "passes"
+    shown = pd.DataFrame({"variant": table["variant"],
+                          "budgets": [f"{a} → {b} {unit}" for a, b in zip(table["from"], table["to"])],
+                          "seeds": [f"{s}" + ("" if p else " (unpaired)") for s, p in zip(table["seeds"], table["paired"])]})
+    for m in modes:
+        shown[mode_label(m)] = [f"{v:+.2f}" if pd.notna(v) else "—" for v in table[m]]
+    shown["converged"] = ["yes" if c else "no" for c in table["converged"]]
+    return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+
+
 def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs") -> None:
     """One line per variant and mode: top-1 against the budget (log axis), error bars = std over seeds."""
     import matplotlib
