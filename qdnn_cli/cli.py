@@ -370,8 +370,16 @@ def config_cmd(
     from omegaconf import OmegaConf
 
     from .config import compose
+    from .engine.device import resolve_amp, resolve_device
 
-    console.print(OmegaConf.to_yaml(compose(experiment, overrides or []), resolve=True), markup=False, end="")
+    cfg = compose(experiment, overrides or [])
+    console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False, end="")
+    if cfg.trainer.amp == "auto":  # the one choice made by the machine, not the config: say what it is here
+        try:
+            amp, why = resolve_amp("auto", resolve_device(cfg.trainer.device))
+        except ValueError as e:  # e.g. trainer.device=cuda here: the run would refuse to start
+            amp, why = "?", str(e)
+        console.print(f"# trainer.amp resolves to {amp} on this machine ({why})", markup=False, soft_wrap=True)
 
 
 @app.command("list")

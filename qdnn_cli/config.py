@@ -135,7 +135,7 @@ def _one_line(msg: str) -> str:
 
 
 TRAINING_KINDS = ("quantizable", "dedicated")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
 def allowed_names() -> dict[str, tuple]:

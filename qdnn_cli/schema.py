@@ -76,7 +76,7 @@ class TrainerConfig:
     batch_size: int = 128
     eval_batch_size: int = 500
     device: str = "auto"
-    amp: str = "none"
+    amp: str = "auto"  # resolved per machine when a run starts (engine.device.resolve_amp)
     channels_last: bool = True
     compile: Any = False          # false | true | a torch.compile mode name
     compile_scope: str = "mode"

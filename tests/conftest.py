@@ -29,6 +29,14 @@ def one_thread(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _float32_by_default(monkeypatch):
+    # trainer.amp=auto picks bf16 on a CPU with native bf16: the suite's float comparisons
+    # must not depend on which CPU runs them, so every test (and every process it starts)
+    # trains in float32 unless it asks for bf16 or sets QDNN_CPU_BF16 itself
+    monkeypatch.setenv("QDNN_CPU_BF16", "0")
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # folder decode cache goes to a temp dir, never the user's ~/.cache
     monkeypatch.setenv("QDNN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -22,7 +22,7 @@ def test_bench_prints_and_writes_every_cpu_ratio(tmp_path, capsys):
     assert "quant_overhead = " in printed and "(target <= 1.15" in printed and "data_time_share = " in printed
     assert "cpu_mode_batch_ratio = " in printed and "N=2 " in printed and "TFLOP/s" in printed
     # the precision section says which bf16 this CPU has, and times bf16 only where it is native
-    from qdnn_cli.bench.bf16 import native_bf16
+    from qdnn_cli.engine.device import native_cpu_bf16 as native_bf16
 
     assert ("native bf16 (" in printed) == (native_bf16() is not None)
     assert ("bf16_step_speedup" in ratios) == (native_bf16() is not None)

@@ -83,13 +83,6 @@ def test_mode_32_passes_input_through_untouched():
         assert q(x, 32) is x
 
 
-def test_quantization_runs_in_float32_under_autocast():
-    x = torch.rand(4, 8).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        q = quantize_unit(x, 8)
-    assert q.dtype == torch.float32
-    assert torch.round(q * 255).unique().numel() == q.unique().numel()
-
 
 def test_dorefa_weight_gradient_equals_the_straight_through_formula():
     # d/dW of 2·round(u)-1 with u = tanh(W) / (2·max|tanh W|) + 0.5, round passed straight
@@ -154,10 +147,22 @@ def test_quantizers_round_in_float32_under_cpu_bf16_autocast(kind):
     from qdnn_cli.quant import QuantSpec, set_bit_mode
     from qdnn_cli.quant.calibrate import calibrate_quantizers, mark_calibrated
 
-    x = torch.rand(8, 4, 5, 5).to(torch.bfloat16)
+    x = (torch.rand(8, 4, 5, 5) * 1.2 - 0.1).to(torch.bfloat16).requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = quantize_unit(x, 8)
-    assert y.dtype == torch.float32 and torch.equal(y, affine_reference(x.float(), 8))
+    # a bf16 activation comes back in bf16 (what the next convolution casts it to anyway),
+    # each value the float32 level rounded once: no level lost or merged
+    exact = affine_reference(x.detach().float(), 8)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, exact.to(torch.bfloat16))
+    assert torch.equal(torch.round(y.detach().float() * 255), torch.round(exact * 255))
+    in_bf16 = torch.round(x.detach().clamp(0, 1) * 255) / 255  # the same formula rounded in bf16 loses levels
+    assert not torch.equal(torch.round(in_bf16.float() * 255), torch.round(exact * 255))
+    # its gradient: the float32 one, in x's dtype
+    g = torch.randn(x.shape)
+    y.backward(g.to(torch.bfloat16))
+    x32 = x.detach().float().requires_grad_(True)
+    quantize_unit(x32, 8).backward(g.to(torch.bfloat16).float())
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad.float(), x32.grad)
     torch.manual_seed(0)
     model = build_model("tiny", QuantSpec((8, 32), kind, kind), 4, 3, width=8).eval()
     batch = torch.randn(4, 3, 8, 8)

@@ -16,33 +16,14 @@ quantizers compute in float32 under autocast either way (``tests/test_quantizers
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
-
 import torch
 
+from ..engine.device import native_cpu_bf16
 from ..engine.losses import QuantizableLoss
 from ..engine.step import mode_losses
 from ..models import build_model
 from ..quant import QuantSpec
 from .batching import step_flops, timed
-
-NATIVE_BF16_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX-512 BF16"}
-
-
-def native_bf16() -> str | None:
-    """The CPU's bf16 instructions (e.g. ``AMX-BF16``), or None where it has none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    found = [name for flag, name in NATIVE_BF16_FLAGS.items() if flag in flags]
-    return ", ".join(found) if found else None
-
 
 def matmul_tflops(n: int = 2048, repeats: int = 5) -> dict:
     """This CPU's float32 and bf16 ``torch.matmul`` rates (TFLOP/s), timed interleaved."""
@@ -74,7 +55,7 @@ def run(modes=(32, 8, 4, 3, 2), batch: int = 128, repeats: int = 5, force: bool 
     """The section's figures. Without native bf16 the bf16 step is not timed (emulated bf16
     runs 15-100x slower than float32: minutes per step) unless ``force``; the matmul rates
     are then measured at 512x512 so that the section still ends in seconds."""
-    native = native_bf16()
+    native = native_cpu_bf16()
     print(f"CPU precision: float32 against bf16 autocast (this CPU: "
           f"{'native bf16 (' + native + ')' if native else 'no native bf16 instructions: bf16 is emulated'}; "
           f"{torch.get_num_threads()} threads)")

@@ -63,9 +63,11 @@ def check_same_run(cfg: DictConfig, run_dir: Path, extend_epochs: bool = False) 
     if diffs:
         headline = ("model.name", "data.name", "quant.bits", "trainer.kind")
         k = sorted(diffs, key=lambda d: (d not in headline, headline.index(d) if d in headline else 0, d))[0]
+        # trainer.amp=auto resolves per machine: name the precision the run has to continue it
+        way = (f"pass trainer.amp={old.get(k)} to continue it, or choose another out_dir" if k == "trainer.amp"
+               else "choose another out_dir")
         raise RunMismatch(f"{run_dir} holds a run with {k}={old.get(k)!r}, this one has {k}={new.get(k)!r}"
-                          f"{f' (+{len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}; "
-                          "choose another out_dir")
+                          f"{f' (+{len(diffs) - 1} more differences)' if len(diffs) > 1 else ''}; {way}")
 
 
 def check_runnable(cfg: DictConfig, checked_data: set | None = None) -> None:

@@ -24,7 +24,7 @@ from ..quant.calibrate import calibrate_quantizers, mark_calibrated, needs_calib
 from ..quant.mixed import quantized_layers
 from .checkpoint import CheckpointError, atomic_save, safe_load
 from .compile import compile_mode, compile_model, compile_step, whole_step
-from .device import keep_freed_cpu_memory, peak_memory_mb, resolve_device
+from .device import keep_freed_cpu_memory, peak_memory_mb, resolve_amp, resolve_device
 from .distributed import DistContext
 from .evaluation import evaluate
 from .interrupt import KILL_AT_ENV, RunInterrupted, StopSignals, epoch_position, fault_hooks, restore_position  # noqa: F401
@@ -72,7 +72,11 @@ class Trainer:
         self.loss_fn = self.epoch_loss = QuantizableLoss.from_config(cfg.loss)
         if not self.distill:  # a dedicated model's one mode is plain CE, whatever the joint loss weighs
             self.loss_fn = self.epoch_loss = dataclasses.replace(self.loss_fn, top_weight=1.0)
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        # config.yaml records the precision that ran, not "auto": a resume on a CPU that
+        # resolves auto otherwise is then refused as a different run
+        self.amp, self.amp_reason = resolve_amp(t.amp, self.device)
+        t.amp = self.amp
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("trainer.amp=fp16 needs CUDA; use bf16 or none on CPU")
         self.channels_last = bool(t.channels_last)
@@ -149,6 +153,8 @@ class Trainer:
             self.log(f"initialised from {self.init_path} (epoch {source['epoch']}; every mode's BN from its "
                      f"{'FP' if source['modes'] == 32 else source['modes']} mode's)")
         model.to(self.device)
+        if self.amp_reason.startswith("trainer.amp=auto"):
+            self.log(f"precision: {'bf16 autocast' if self.amp == 'bf16' else 'float32'} ({self.amp_reason})")
         if self.dist.enabled and self.cfg.trainer.get("sync_bn") and self.device.type == "cuda":
             # batch statistics over the global batch (NCCL); on CPU/gloo BN stays per process
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -95,12 +95,22 @@ def _split_slots(x: torch.Tensor, bits: tuple[int, ...], owners: tuple) -> torch
 
 
 class _ClampRound(torch.autograd.Function):
-    """y = round(clamp(x, 0, 1)·n)·(1/n); dy/dx = 1 inside (0, 1), 0 where clamped."""
+    """y = round(clamp(x, 0, 1)·n)·(1/n); dy/dx = 1 inside (0, 1), 0 where clamped.
+
+    A bf16/fp16 input (autocast) is quantized in float32 and the level handed back in the
+    input's dtype: the value the next convolution would cast it to anyway. The saved input
+    and the backward then stay in that dtype (the mask is exact in any), which spares the
+    two conversions of the gradient that a float32 output costs."""
 
     @staticmethod
     def forward(ctx, x, n):
-        y = torch.nn.functional.hardtanh(x, 0.0, 1.0)
-        y.mul_(n).round_().mul_(1.0 / n)
+        if x.dtype in (torch.float32, torch.float64):
+            y = torch.nn.functional.hardtanh(x, 0.0, 1.0)
+            y.mul_(n).round_().mul_(1.0 / n)
+        else:
+            levels = x.float().clamp_(0.0, 1.0)
+            levels.mul_(n).round_().mul_(1.0 / n)
+            y = levels.to(x.dtype)
         ctx.save_for_backward(x)
         return y
 
@@ -165,7 +175,7 @@ def quantize_unit(x: torch.Tensor, bits: int) -> torch.Tensor:
 
     Values outside [0, 1] are clamped and get zero gradient (the clamp's own gradient).
     """
-    return _ClampRound.apply(_at_least_float32(x), _levels(bits))
+    return _ClampRound.apply(x, _levels(bits))
 
 
 WEIGHT_SCALES = ("none", "mean_abs")
