@@ -58,7 +58,11 @@ def load(name: str, path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
         return lambda x: session.run(None, {name_in: x})[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    # float32 as the model says: on a CPU with AMX or AVX-512 BF16, OpenVINO otherwise runs
+    # the float parts in bf16 (its default there), which no parity check of a float32
+    # export can pass and which would time another model than the file's
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     output = compiled.output(0)
     return lambda x: request.infer({0: x})[output].copy()
