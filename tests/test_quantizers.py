@@ -83,7 +83,6 @@ def test_mode_32_passes_input_through_untouched():
         assert q(x, 32) is x
 
 
-
 def test_dorefa_weight_gradient_equals_the_straight_through_formula():
     # d/dW of 2·round(u)-1 with u = tanh(W) / (2·max|tanh W|) + 0.5, round passed straight
     # through and the max held constant (detached): g · (1 - tanh²W) / max|tanh W|

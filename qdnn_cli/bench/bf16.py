@@ -16,6 +16,7 @@ quantizers compute in float32 under autocast either way (``tests/test_quantizers
 from __future__ import annotations
 
 import contextlib
+
 import torch
 
 from ..engine.device import native_cpu_bf16

@@ -74,6 +74,7 @@ class Trainer:
             self.loss_fn = self.epoch_loss = dataclasses.replace(self.loss_fn, top_weight=1.0)
         # config.yaml records the precision that ran, not "auto": a resume on a CPU that
         # resolves auto otherwise is then refused as a different run
+        self.amp_chosen_here = t.amp == "auto"
         self.amp, self.amp_reason = resolve_amp(t.amp, self.device)
         t.amp = self.amp
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
@@ -153,7 +154,7 @@ class Trainer:
             self.log(f"initialised from {self.init_path} (epoch {source['epoch']}; every mode's BN from its "
                      f"{'FP' if source['modes'] == 32 else source['modes']} mode's)")
         model.to(self.device)
-        if self.amp_reason.startswith("trainer.amp=auto"):
+        if self.amp_chosen_here:
             self.log(f"precision: {'bf16 autocast' if self.amp == 'bf16' else 'float32'} ({self.amp_reason})")
         if self.dist.enabled and self.cfg.trainer.get("sync_bn") and self.device.type == "cuda":
             # batch statistics over the global batch (NCCL); on CPU/gloo BN stays per process
