@@ -378,6 +378,12 @@ def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
         pixels = np.asarray(im.convert("L"))
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     assert border.min() == 255, "something is drawn on the picture's edge: the legend is clipped"
+    # The legend takes room below the axes, not from them: the picture grows with it.
+    short = tmp_path / "short.png"
+    plot_budget(dict(list(curves.items())[:2]), short, axis="passes")
+    with Image.open(short) as few, Image.open(png) as many:
+        rows_added = 10  # one column of 12 labels against one of 2
+        assert many.height - few.height >= rows_added * 7 * 120 / 72, "the axes shrank to make room for the legend"
 
 
 @pytest.mark.parametrize("trainer, passes", [

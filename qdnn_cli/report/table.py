@@ -204,10 +204,10 @@ def _finish(fig, ax, path: Path, xlabel: str, title: str) -> None:
     # Two columns only while the labels are short: long variant names in two columns run
     # past the figure's sides.
     ncol = 2 if max(map(len, labels), default=0) <= 45 else 1
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
+    # Lay out before the legend exists, so a long legend cannot shrink the axes; "tight"
+    # then grows the saved canvas downwards to hold it.
     fig.tight_layout()
-    # "tight" grows the saved canvas to hold the legend below the axes, which tight_layout
-    # alone leaves outside the figure (clipped).
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, frameon=False)
     fig.savefig(path, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
