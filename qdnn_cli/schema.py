@@ -103,6 +103,7 @@ class ModelConfig:
     torchvision_weights: Optional[str] = None
     init_from: Optional[str] = None     # a run directory or checkpoint whose weights start this run
     init_sha256: Optional[str] = None   # written by qdnn: the hash of init_from's checkpoint at the start
+    init_passes: Optional[int] = None   # written by qdnn: the passes per image behind init_from's weights
 
 
 # -- data: one schema per family of data set -------------------------------------------

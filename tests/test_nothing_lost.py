@@ -359,6 +359,28 @@ def test_an_initialised_run_resumes_to_the_numbers_of_an_uninterrupted_one(fp_so
     assert saved["init_from"] == str(fp_source) and len(saved["init_sha256"]) == 64
 
 
+def test_a_started_run_keeps_its_sources_passes_when_the_source_is_gone(fp_source, tmp_path, capsys):
+    """config.yaml records the passes behind the source's weights, so the report's
+    equal-passes axis holds for a run whose source was moved or deleted (a copy under raw/)."""
+    import shutil
+
+    from qdnn_cli.report.collect import passes_of
+
+    source = tmp_path / "source"
+    shutil.copytree(fp_source, source)
+    started = tmp_path / "started"
+    r = qdnn("train", "quickstart", *tiny_overrides(started, f"model.init_from={source}", "quant.bits=[2,32]",
+                                                     "trainer.epochs=1"))
+    assert r.exit_code == 0, r.output
+    shutil.rmtree(source)
+    cfg = yaml.safe_load((started / "config.yaml").read_text())
+    assert cfg["model"]["init_passes"] == 2  # the source: a dedicated run of 2 epochs
+    assert passes_of(cfg) == 2 + 1 * 2       # and its own: one epoch of two modes
+    assert "not counted" not in capsys.readouterr().err
+    del cfg["model"]["init_passes"]          # a run from before the passes were recorded
+    assert passes_of(cfg) == 2 and "not counted" in capsys.readouterr().err
+
+
 def test_a_bad_init_source_is_one_line_and_nothing_is_written(fp_source, tmp_path):
     cases = [([f"model.init_from={tmp_path / 'nowhere'}"], "no such run"),
              ([f"model.init_from={fp_source}", "model.kwargs.width=16"], "model.kwargs"),

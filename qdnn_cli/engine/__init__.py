@@ -18,7 +18,8 @@ from .loop import Trainer, TrainingDiverged
 # pack switches it on for its members), so a run may resume either way.
 RESUMABLE_DIFFERENCES = ("trainer.progress", "trainer.checkpoint_every_minutes", "trainer.num_threads", "trainer.log_every",
                          "trainer.device", "trainer.stop_after", "trainer.eval_every", "out_dir", "data.root", "data.workers",
-                         "trainer.eval_batch_size", "trainer.mode_batch", "model.init_sha256")
+                         "trainer.eval_batch_size", "trainer.mode_batch", "model.init_sha256",
+                         "model.init_passes")
 
 
 class RunMismatch(InputError):

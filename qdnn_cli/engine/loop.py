@@ -92,7 +92,11 @@ class Trainer:
             from .init_from import check_source, file_sha256
 
             self.init_path = check_source(cfg)
-            cfg.model.init_sha256 = file_sha256(self.init_path)  # config.yaml records what it started from
+            from .passes import source_passes
+
+            cfg.model.init_sha256 = file_sha256(self.init_path)  # config.yaml records what it started from,
+            # and its passes, so the budget axis survives the source's folder being moved or deleted
+            cfg.model.init_passes = source_passes(str(self.init_path))
         self.start_epoch, self.best, self.history = 0, -1.0, []
         self.position = None  # where a mid-epoch checkpoint left the epoch start_epoch + 1
         self.stop = StopSignals()

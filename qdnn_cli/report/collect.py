@@ -26,7 +26,7 @@ NON_VARIANT = ("name", "seed", "out_dir", "logger", "data.root", "data.download"
                "trainer.progress", "trainer.num_threads", "trainer.log_every", "trainer.eval_every",
                "trainer.stop_after", "trainer.eval_batch_size", "trainer.compile", "trainer.compile_scope", "trainer.mode_batch",
                "trainer.channels_last", "trainer.max_steps_per_epoch", "trainer.kind", "model.init_sha256",
-               "trainer.checkpoint_every_minutes")
+               "trainer.checkpoint_every_minutes", "model.init_passes")
 BUDGET = ("trainer.epochs", "data.train_fraction")
 # readable names for the differences people ablate most
 FRIENDLY = {
@@ -287,39 +287,18 @@ def budget_of(cfg: dict) -> str:
     return f"{epochs} ep" + ("" if fraction == 1 else f", {fraction:g} of train")
 
 
-def passes_of(cfg: dict, _depth: int = 0) -> int:
-    """Forward/backward passes over each training image in the whole run: the epochs times
-    the modes one step trains (a dedicated run: one; a quantizable run: every mode, or
-    what its sampling picks), the full-precision warm-up epochs counting one; a run started
-    from another (``model.init_from``) adds its source's passes, read from the source's
-    ``config.yaml`` (a source that is gone counts nothing, and is said)."""
-    from ..engine.step import modes_per_step  # the sampling rule lives with the sampler
-
-    t = cfg["trainer"]
-    epochs = int(t["epochs"])
-    if t.get("kind") == "dedicated":
-        own = epochs
-    else:
-        per_step = modes_per_step(len(cfg["quant"]["bits"]), t.get("mode_sampling", "all"), int(t.get("sandwich_k", 1)),
-                                  int(t.get("mixed_k", 2)))
-        warm = min(int(t.get("fp_warmup_epochs") or 0), epochs)
-        own = warm + (epochs - warm) * per_step
-    source = (cfg.get("model") or {}).get("init_from")
-    return own + (_source_passes(str(source), _depth) if source else 0)
+def passes_of(cfg: dict) -> int:
+    """Forward/backward passes over each training image in the whole run, a source's
+    (``model.init_from``) included: :func:`qdnn_cli.engine.passes.run_passes`. A source
+    that is gone, in a run from before its passes were recorded, counts nothing, and is said."""
+    return _passes_cached(yaml.safe_dump(cfg, sort_keys=True))
 
 
 @lru_cache(maxsize=None)
-def _source_passes(source: str, depth: int) -> int:
-    path = Path(source).expanduser()
-    cfg_path = (path if path.is_dir() else path.parent) / "config.yaml"
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text())
-        if depth >= 8:  # a chain of starts longer than any real one: a loop of copied run folders
-            raise ValueError("too many model.init_from links")
-        return passes_of(cfg, depth + 1)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
-        _warn(f"model.init_from={source}: its passes are not counted ({type(e).__name__}: {cfg_path} unreadable)")
-        return 0
+def _passes_cached(cfg_text: str) -> int:  # one warning per missing source, not one per mode row
+    from ..engine.passes import run_passes
+
+    return run_passes(yaml.safe_load(cfg_text), _warn)
 
 
 def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
