@@ -386,6 +386,22 @@ def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
         assert many.height - few.height >= rows_added * 7 * 120 / 72, "the axes shrank to make room for the legend"
 
 
+def test_budget_curves_of_different_variants_never_share_a_colour():
+    """Twelve variants: matplotlib's default cycle gave the 11th the 1st's colour, so two
+    variants read as one curve. A variant's modes share its colour and differ by marker."""
+    from qdnn_cli.report.table import budget_curve_styles
+
+    variants = [f"quantizable (variant {i})" for i in range(11)] + ["dedicated"]
+    keys = [(v, m) for v in variants for m in (32, "w2a4", 2)]
+    styles = budget_curve_styles(keys)
+    colours = {v: styles[(v, 32)]["color"] for v in variants}
+    assert len(set(colours.values())) == len(variants)
+    for v in variants:
+        assert styles[(v, 2)]["color"] == styles[(v, "w2a4")]["color"] == colours[v]
+        assert styles[(v, 32)]["marker"] != styles[(v, 2)]["marker"]  # the most precise mode stands out
+    assert styles[("dedicated", 2)]["linestyle"] != styles[(variants[0], 2)]["linestyle"]
+
+
 @pytest.mark.parametrize("trainer, passes", [
     ({"kind": "dedicated", "epochs": 40}, 40),
     ({"kind": "quantizable", "epochs": 8}, 40),                                      # 5 modes every step

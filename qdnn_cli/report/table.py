@@ -290,6 +290,21 @@ def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str
     return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
+def budget_curve_styles(keys: list[tuple[str, int]]) -> dict:
+    """Matplotlib styles for the (variant, mode) curves of :func:`plot_budget`: one colour
+    per variant (its modes share it, so a variant's pair reads as one), a filled circle for
+    its most precise mode and a triangle for the others, solid lines for quantizable models
+    and dashed for dedicated ones. Up to 20 variants get 20 different colours (matplotlib's
+    default cycle repeats after 10, which made two variants look like one)."""
+    from matplotlib import colormaps
+
+    variants = list(dict.fromkeys(v for v, _ in keys))
+    palette = colormaps["tab10" if len(variants) <= 10 else "tab20"]
+    top = {v: sort_modes([m for w, m in keys if w == v], descending=True)[0] for v in variants}
+    return {(v, m): {"color": palette(variants.index(v) % palette.N), "marker": "o" if m == top[v] else "v",
+                     "linestyle": "-" if v.split(": ")[-1].startswith("quantizable") else "--"} for v, m in keys}
+
+
 def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs") -> None:
     """One line per variant and mode: top-1 against the budget (log axis), error bars = std over seeds."""
     import matplotlib
@@ -298,10 +313,10 @@ def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
+    styles = budget_curve_styles(list(curves))
     for (variant, mode), points in curves.items():
         xs, ys, es = zip(*[(p[0], p[1], 0 if p[2] != p[2] else p[2]) for p in points])
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{variant}, {mode_label(mode)}",
-                    linestyle="-" if variant.split(": ")[-1].startswith("quantizable") else "--")
+        ax.errorbar(xs, ys, yerr=es, capsize=3, label=f"{variant}, {mode_label(mode)}", **styles[(variant, mode)])
     ax.set_xscale("log", base=2)
     ticks = sorted({p[0] for points in curves.values() for p in points})
     ax.set_xticks(ticks, [str(t) for t in ticks])
