@@ -90,10 +90,9 @@ class Trainer:
         self.init_path = None  # model.init_from's checkpoint, for a run that starts (not resumes)
         if cfg.model.get("init_from") and not (resume and self.files.checkpoint.exists()):
             from .init_from import check_source, file_sha256
-
-            self.init_path = check_source(cfg)
             from .passes import source_passes
 
+            self.init_path = check_source(cfg)
             cfg.model.init_sha256 = file_sha256(self.init_path)  # config.yaml records what it started from,
             # and its passes, so the budget axis survives the source's folder being moved or deleted
             cfg.model.init_passes = source_passes(str(self.init_path))

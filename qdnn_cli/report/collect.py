@@ -290,15 +290,13 @@ def budget_of(cfg: dict) -> str:
 def passes_of(cfg: dict) -> int:
     """Forward/backward passes over each training image in the whole run, a source's
     (``model.init_from``) included: :func:`qdnn_cli.engine.passes.run_passes`. A source
-    that is gone, in a run from before its passes were recorded, counts nothing, and is said."""
-    return _passes_cached(yaml.safe_dump(cfg, sort_keys=True))
-
-
-@lru_cache(maxsize=None)
-def _passes_cached(cfg_text: str) -> int:  # one warning per missing source, not one per mode row
+    that is gone, in a run from before its passes were recorded, counts nothing, and is said once."""
     from ..engine.passes import run_passes
 
-    return run_passes(yaml.safe_load(cfg_text), _warn)
+    return run_passes(cfg, _warn_once)
+
+
+_warn_once = lru_cache(maxsize=None)(lambda message: _warn(message))  # one line per missing source, not per mode row
 
 
 def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
