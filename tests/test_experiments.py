@@ -423,6 +423,24 @@ def test_reproduce_of_a_side_grid_reports_beside_its_runs(tmp_path, monkeypatch)
     assert not (tmp_path / "experiments").exists()
 
 
+def test_report_says_when_a_mean_holds_one_seed_run_twice(tmp_path):
+    """The same seed and variant run on two machines (rounding differs, so the numbers do):
+    one seed in the table, their mean, and one warning naming both runs; dedicated models of
+    one seed at different bit-widths are no repeat."""
+    root = tmp_path / "runs"
+    make_run(root / "cpu_a" / "full", {32: 70.0, 2: 60.0}, seed=0)
+    make_run(root / "cpu_b" / "full", {32: 72.0, 2: 58.0}, seed=0)
+    make_run(root / "cpu_a" / "d32", {32: 71.0}, kind="dedicated")
+    make_run(root / "cpu_a" / "d2", {2: 55.0}, kind="dedicated")
+    r = qdnn("report", root, "--no-costs")
+    assert r.exit_code == 0, r.output
+    rows = {c[0]: c for c in _markdown_rows(r.output)[1]}
+    assert rows["quantizable"][1:] == ["3 ep", "1", "71.00", "59.00"]
+    warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, r.output
+    assert "seed 0 ran 2 times" in warnings[0] and "cpu_a" in warnings[0] and "cpu_b" in warnings[0]
+
+
 def test_passes_of_a_run_started_from_another_count_the_source(tmp_path, capsys):
     """An FP start's budget is the FP model's passes plus its own: the equal-passes axis."""
     import yaml

@@ -9,7 +9,7 @@ import pandas as pd
 from ..quant import sort_modes
 from .collect import _warn, collect, find_runs
 from .table import (BUDGET_AXES, INFO, budget_curves, build_table, convergence_table, convergence_text, cost_rows,
-                    load_reference, plot, plot_budget, to_csv, to_markdown)
+                    load_reference, plot, plot_budget, repeated_seeds, to_csv, to_markdown)
 from ..words import count
 
 
@@ -57,6 +57,8 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
     long, shared = collect(runs)
     if long.empty:
         raise FileNotFoundError(f"no evaluated epochs yet in the {count(len(runs), 'run')} under {', '.join(map(str, paths))}")
+    for variant, budget, seed, where in repeated_seeds(long):
+        _warn(f"{variant}, {budget}: seed {seed} ran {len(where)} times ({', '.join(where)}); averaged as one seed")
     modes, table = build_table(long)
     if reference:
         refs = load_reference(reference_path(reference))

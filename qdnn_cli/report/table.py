@@ -1,7 +1,8 @@
 """One table from the collected runs: a row per variant × budget, a column per bit mode.
 
 Finished runs of one variant and budget are averaged over seeds (mean ± std, the std
-only from two seeds on; "seeds" counts them; runs of one seed are averaged first). Runs that differ in anything that defines a variant or in budget are
+only from two seeds on; "seeds" counts them; runs of one seed are averaged first, and
+`qdnn report` warns of them: :func:`repeated_seeds`). Runs that differ in anything that defines a variant or in budget are
 never averaged together. Incomplete runs get rows of their own, marked with state and
 epoch, and never enter a mean. Optional rows: "quantizable − dedicated" per budget,
 literature references, and the model's size (MB) and BOPs per mode.
@@ -59,6 +60,21 @@ def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
         order = sorted(range(len(table)), key=lambda i: (_variant_order(table.variant[i]), _budget_order(table.budget[i])))
         table = table.iloc[order].reset_index(drop=True)
     return modes, pd.concat([table, _differences(table, modes)], ignore_index=True)
+
+
+def repeated_seeds(long: pd.DataFrame) -> list[tuple[str, str, int, list[str]]]:
+    """Finished runs that share a variant, budget and seed: ``(variant, budget, seed, paths)``.
+    :func:`build_table` averages them as one seed, so they never pass for a spread over
+    seeds; but the same seed on two CPUs (or two kernels) differs by rounding alone, and a
+    reader should know that a mean holds such repeats."""
+    done = long[long["finished"]]
+    repeats = {}
+    # per mode: a dedicated model per bit-width is one variant of one seed, not a repeat
+    for (variant, budget, seed, _), g in done.groupby(["variant", "budget", "seed", "mode"], sort=False):
+        paths = sorted(g["path"].unique())
+        if len(paths) > 1:
+            repeats.setdefault((variant, budget, int(seed)), set()).update(paths)
+    return [(*key, sorted(paths)) for key, paths in repeats.items()]
 
 
 def _budget_order(budget: str) -> tuple:
