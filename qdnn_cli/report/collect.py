@@ -296,7 +296,7 @@ def passes_of(cfg: dict) -> int:
     return run_passes(cfg, _warn_once)
 
 
-_warn_once = lru_cache(maxsize=None)(lambda message: _warn(message))  # one line per missing source, not per mode row
+_warn_once = lru_cache(maxsize=None)(_warn)  # one line per missing source, not per mode row
 
 
 def collect(runs: list[RunRecord]) -> tuple[pd.DataFrame, list[str]]:
