@@ -386,6 +386,22 @@ def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
         assert many.height - few.height >= rows_added * 7 * 120 / 72, "the axes shrank to make room for the legend"
 
 
+def test_budget_plot_marks_the_seed_count_where_a_curve_mixes_seed_sets(tmp_path):
+    """A curve of one-seed means with a two-seed mean in the middle bends there for the
+    seeds, not the training: each of its points carries its count. A curve whose points
+    all average the same seeds carries none."""
+    from qdnn_cli.report.table import plot_budget, seed_count_marks
+
+    mixed = [(144, 31.44, float("nan"), 1), (224, 32.22, 0.93, 2), (384, 31.54, float("nan"), 1)]
+    even = [(128, 23.28, float("nan"), 1), (256, 25.38, float("nan"), 1)]
+    assert seed_count_marks(even) == []
+    assert seed_count_marks(mixed) == [(144, 31.44, "n=1"), (224, 32.22, "n=2"), (384, 31.54, "n=1")]
+    drawn = plot_budget({("quantizable (FP start)", 32): mixed, ("dedicated", 2): even},
+                        tmp_path / "b.png", axis="passes")
+    assert sorted(drawn) == sorted(seed_count_marks(mixed))
+    assert (tmp_path / "b.png").stat().st_size > 0
+
+
 def test_budget_curves_of_different_variants_never_share_a_colour():
     """Twelve variants: matplotlib's default cycle gave the 11th the 1st's colour, so two
     variants read as one curve. A variant's modes share its colour and differ by marker."""

@@ -321,8 +321,20 @@ def budget_curve_styles(keys: list[tuple[str, int]]) -> dict:
                      "linestyle": "-" if v.split(": ")[-1].startswith("quantizable") else "--"} for v, m in keys}
 
 
-def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs") -> None:
-    """One line per variant and mode: top-1 against the budget (log axis), error bars = std over seeds."""
+def seed_count_marks(points: list) -> list[tuple[int, float, str]]:
+    """The ``(budget, mean, "n=<seeds>")`` marks for one curve of :func:`budget_curves`
+    whose points average different numbers of seeds, none when every point has the same.
+    A curve that joins a one-seed mean to a two-seed mean bends where the seed set
+    changes, not only where training did; the marks say which points those are."""
+    if len({p[3] for p in points}) <= 1:
+        return []
+    return [(p[0], p[1], f"n={p[3]}") for p in points]
+
+
+def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs") -> list[tuple[int, float, str]]:
+    """One line per variant and mode: top-1 against the budget (log axis), error bars = std
+    over seeds; beside each point of a curve whose seed count varies, that count
+    (:func:`seed_count_marks`). Returns the marks drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,11 +342,17 @@ def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs")
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5), dpi=120)
     styles = budget_curve_styles(list(curves))
+    drawn = []
     for (variant, mode), points in curves.items():
         xs, ys, es = zip(*[(p[0], p[1], 0 if p[2] != p[2] else p[2]) for p in points])
-        ax.errorbar(xs, ys, yerr=es, capsize=3, label=f"{variant}, {mode_label(mode)}", **styles[(variant, mode)])
+        style = styles[(variant, mode)]
+        ax.errorbar(xs, ys, yerr=es, capsize=3, label=f"{variant}, {mode_label(mode)}", **style)
+        for x, y, text in seed_count_marks(points):
+            ax.annotate(text, (x, y), xytext=(4, -9), textcoords="offset points", fontsize=6, color=style["color"])
+            drawn.append((x, y, text))
     ax.set_xscale("log", base=2)
     ticks = sorted({p[0] for points in curves.values() for p in points})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     _finish(fig, ax, path, BUDGET_AXES[axis], title or "accuracy against training budget")
+    return drawn
