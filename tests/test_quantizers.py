@@ -137,6 +137,29 @@ def test_gradient_through_dorefa_max_follows_dorefas_definition():
     assert differs.sum() == 1 and differs.view(-1)[torch.tanh(w.detach()).abs().argmax()]
 
 
+def test_a_mode_batch_of_bf16_activations_rounds_in_float32_and_comes_back_in_bf16():
+    """trainer.mode_batch=true with trainer.amp=bf16: the batched DoReFa activation
+    quantizer gives, slot by slot, exactly what the per-mode one gives (float32 levels
+    handed back in bf16, the full-precision slot untouched), and the same gradient."""
+    from qdnn_cli.quant.quantizers import DoReFaAct
+
+    bits = (32, 8, 4, 2)
+    act = DoReFaAct(bits)
+    x = (torch.rand(6, len(bits), 3, 4, 4) * 1.2 - 0.1).to(torch.bfloat16).requires_grad_(True)
+    x_each = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = act.forward_slots(x, bits)
+        y_each = torch.stack([act(x_each[:, i], b) for i, b in enumerate(bits)], dim=1)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_each)
+    assert torch.equal(y[:, 0], x[:, 0])
+    levels = torch.round(y[:, 1].detach().float() * 255)
+    assert torch.equal(levels, torch.round(affine_reference(x[:, 1].detach().float(), 8) * 255))
+    g = torch.randn(y.shape).to(torch.bfloat16)
+    y.backward(g)
+    y_each.backward(g)
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x_each.grad)
+
+
 @pytest.mark.parametrize("kind", ["dorefa", "pact", "lsq"])
 def test_quantizers_round_in_float32_under_cpu_bf16_autocast(kind):
     """trainer.amp=bf16 on the CPU: bf16 has 8 bits of mantissa, so an 8-bit grid rounded in

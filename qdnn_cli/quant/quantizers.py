@@ -124,14 +124,19 @@ class _SlotClampRound(torch.autograd.Function):
     """:class:`_ClampRound` over the slots of a mode batch (``[batch, slots, ...]``), with
     per-slot levels ``n``; slots outside the quantized runs pass through unchanged. Writes
     each run into one output of x's layout: no masked select and no concatenation (whose
-    backward would materialise a zero-filled full-size gradient per slice)."""
+    backward would materialise a zero-filled full-size gradient per slice). A bf16/fp16 x
+    is quantized in float32 (``n`` is float32 then) and handed back in its own dtype, as
+    :class:`_ClampRound` does."""
 
     @staticmethod
     def forward(ctx, x, n, runs):
         y = torch.empty_like(x)
         compiling = torch.compiler.is_compiling()  # torch.compile traces no out= into a strided view
+        narrow = x.dtype not in (torch.float32, torch.float64)
         for a, b, quantized in runs:
-            if quantized and compiling:
+            if quantized and narrow:
+                y[:, a:b] = x[:, a:b].float().clamp_(0.0, 1.0).mul_(n[:, a:b]).round_().mul_(1.0 / n[:, a:b])
+            elif quantized and compiling:
                 y[:, a:b] = torch.clamp(x[:, a:b], 0.0, 1.0).mul(n[:, a:b]).round().mul(1.0 / n[:, a:b])
             elif quantized:
                 part = y[:, a:b]
@@ -341,8 +346,8 @@ class DoReFaAct(ActQuantizer):
         runs = _quantized_runs(bits)
         if not any(q for _, _, q in runs):
             return x
-        x = _at_least_float32(x)
-        n = _slot_constant(self, "levels", tuple(_levels(b) if b != FULL_PRECISION else 1 for b in bits), x)
+        n = _slot_constant(self, "levels", tuple(_levels(b) if b != FULL_PRECISION else 1 for b in bits), x,
+                           dtype=_at_least_float32(x[:0]).dtype)
         return _SlotClampRound.apply(x, n, tuple(runs))
 
 
