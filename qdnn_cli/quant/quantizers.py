@@ -346,8 +346,9 @@ class DoReFaAct(ActQuantizer):
         runs = _quantized_runs(bits)
         if not any(q for _, _, q in runs):
             return x
+        level_dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # levels round in float32
         n = _slot_constant(self, "levels", tuple(_levels(b) if b != FULL_PRECISION else 1 for b in bits), x,
-                           dtype=_at_least_float32(x[:0]).dtype)
+                           dtype=level_dtype)
         return _SlotClampRound.apply(x, n, tuple(runs))
 
 
