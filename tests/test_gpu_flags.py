@@ -1,4 +1,6 @@
 """AMP / channels_last / compile / sandwich flags: accepted and working on CPU; CUDA-only parts skip."""
+import os
+
 import pytest
 import torch
 
@@ -30,6 +32,40 @@ def test_sandwich_sampling_trains_extremes_every_step(tmp_path):
     assert sum(int(train[m]["images"]) for m in ("8", "4", "3") if m in train) == 96
     val = [x for x in read_csv(tmp_path / "r" / "metrics.csv") if x["split"] == "val"]
     assert {x["mode"] for x in val} == {"32", "8", "4", "3", "2"}  # every mode still evaluated
+
+
+def test_pinned_cpu_kernels_compile_into_a_cache_folder_of_their_own(monkeypatch, tmp_path):
+    """A graph compiled under ATEN_CPU_CAPABILITY=avx2 and loaded by a native run crashed it
+    (torch's cache does not key on the capability): a pinned process moves off inductor's
+    default folder; a native one and a folder the user chose stay where they are."""
+    import torch._inductor.runtime.cache_dir_utils as cache_dirs
+
+    from qdnn_cli.engine.compile import compile_model
+    from qdnn_cli.models import build_model
+    from qdnn_cli.quant import QuantSpec
+
+    def default_cache_dir():  # inductor's default, moved under tmp_path: nothing lands in the real one
+        return str(tmp_path / "torchinductor")
+
+    monkeypatch.setattr(cache_dirs, "default_cache_dir", default_cache_dir)
+    net = build_model("tiny", QuantSpec((2, 32)), 4, 3, width=8)
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compile_model(net, 2)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default_cache_dir()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    compile_model(net, 2)
+    pinned = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert pinned == default_cache_dir() + "_ATEN_CPU_CAPABILITY-avx2_ONEDNN_MAX_CPU_ISA-AVX2"
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compile_model(net, 2)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] not in (pinned, default_cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_model(net, 2)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_compile_option_sets_a_recompile_budget_per_mode():

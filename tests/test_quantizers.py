@@ -160,6 +160,46 @@ def test_a_mode_batch_of_bf16_activations_rounds_in_float32_and_comes_back_in_bf
     assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x_each.grad)
 
 
+@pytest.mark.parametrize("learned", ["pact", "lsq"])
+@pytest.mark.parametrize("batched", [False, True], ids=["per_mode", "mode_batch"])
+def test_learned_activation_quantizers_hand_bf16_back_in_bf16(learned, batched):
+    """PACT and LSQ under trainer.amp=bf16: the levels are the float32 ones, handed back in
+    bf16 as DoReFa's are, per mode and mode-batched (where a float32 result would promote
+    the untouched full-precision slot to float32 too); the gradients of the input and of
+    the learned clip or step are the float32 ones."""
+    from qdnn_cli.quant.quantizers import LSQAct, PACTAct
+
+    bits = (32, 8, 4, 2)
+    torch.manual_seed(0)
+    quant = PACTAct(bits, init_alpha=1.5) if learned == "pact" else LSQAct(bits)
+    if learned == "lsq":
+        for b, step in zip((8, 4, 2), (0.01, 0.1, 0.4)):
+            quant.step[str(b)].data.fill_(step)
+        quant.mark_ready()
+    x = (torch.rand(6, len(bits), 3, 4, 4) * 2.0 - 0.2).to(torch.bfloat16)
+    g = torch.randn(x.shape).to(torch.bfloat16)
+
+    def run(inp, grad):
+        inp = inp.clone().requires_grad_(True)
+        quant.zero_grad()
+        if batched:
+            y = quant.forward_slots(inp, bits)
+        else:
+            y = torch.stack([quant(inp[:, i], b) for i, b in enumerate(bits)], dim=1)
+        y.backward(grad)
+        return y.detach(), inp.grad, {k: p.grad.clone() for k, p in quant.named_parameters()}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, x_grad, param_grads = run(x, g)
+    y32, x32_grad, param32_grads = run(x.float(), g.float())
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y32.to(torch.bfloat16))
+    assert torch.equal(y[:, 0], x[:, 0])
+    assert x_grad.dtype == torch.bfloat16 and torch.equal(x_grad, x32_grad.to(torch.bfloat16))
+    assert param_grads.keys() == param32_grads.keys() and len(param_grads) == 3
+    for name, grad in param_grads.items():
+        assert grad.dtype == torch.float32 and torch.equal(grad, param32_grads[name]), name
+
+
 @pytest.mark.parametrize("kind", ["dorefa", "pact", "lsq"])
 def test_quantizers_round_in_float32_under_cpu_bf16_autocast(kind):
     """trainer.amp=bf16 on the CPU: bf16 has 8 bits of mantissa, so an 8-bit grid rounded in

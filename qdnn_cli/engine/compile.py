@@ -22,9 +22,37 @@ def compile_mode(value) -> str:
     raise ValueError(f"trainer.compile={value!r} is not allowed: choose false, true or one of {', '.join(COMPILE_MODES)}")
 
 
+# Variables that pin the CPU kernels below what this machine has, to emulate another one
+# (`make test-kernels`, the README's checks on other machines' sums).
+KERNEL_PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def separate_pinned_kernel_cache() -> None:
+    """Give a process with pinned kernels an inductor cache folder of its own.
+
+    torch's compiled-graph cache does not key on ``ATEN_CPU_CAPABILITY``: a graph compiled
+    under ``ATEN_CPU_CAPABILITY=avx2 OMP_NUM_THREADS=1`` was loaded again by a later native
+    run at one thread, which then died of a segmentation fault (torch 2.14.1, this repo's
+    compiled-LSQ test; a fresh cache ran it). Only inductor's default folder is redirected:
+    a folder the user chose is left alone."""
+    import os
+    import re
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    pins = [f"{name}-{os.environ[name]}" for name in KERNEL_PINS if os.environ.get(name)]
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not pins or (chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir())):
+        return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir() + "_" + re.sub(r"[^A-Za-z0-9_.-]", "_", "_".join(pins))
+
+
 def _compile_budget(graphs: int) -> None:
-    """Drop earlier graphs, allow ``graphs`` per code object, fail loudly past it."""
+    """Drop earlier graphs, allow ``graphs`` per code object, fail loudly past it; keep
+    pinned kernels' graphs apart from native ones."""
     import torch._dynamo as dynamo
+
+    separate_pinned_kernel_cache()
 
     dynamo.reset()
     for name in ("recompile_limit", "cache_size_limit"):

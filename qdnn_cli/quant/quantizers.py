@@ -13,7 +13,9 @@ on a 128x16x32x32 tensor, 2 threads). ``naive_*`` functions keep the textbook
 ``round``/``clamp``/``detach`` formulation for tests and the benchmark.
 
 Quantization always runs in float32 or wider: under autocast the incoming tensor may be
-bf16/fp16, which cannot hold 255 evenly spaced levels exactly.
+bf16/fp16, which cannot hold 255 evenly spaced levels exactly. Every activation quantizer
+hands its result back in the input's dtype (what the next convolution casts it to anyway),
+so the modes of a mode batch, quantized or not, stay in one dtype.
 """
 from __future__ import annotations
 
@@ -376,24 +378,26 @@ class PACTAct(ActQuantizer):
         if bits == FULL_PRECISION:
             return x
         alpha = self.alpha[str(bits)]
+        given = x.dtype
         x = _at_least_float32(x)
         # clamp with alpha as a tensor gives the PACT gradient for alpha (1 where x > alpha).
         clipped = torch.minimum(torch.relu(x), alpha)
         n = _levels(bits)
         unit = clipped / alpha
         q = unit + (torch.round(unit * n) / n - unit).detach()
-        return q * alpha
+        return (q * alpha).to(given)
 
     def forward_slots(self, x, bits, owners=None):
         return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
     def _quantize_slots(self, x, bits, owners):
+        given = x.dtype
         x = _at_least_float32(x)
         alpha = torch.stack([o.alpha[str(b)] for o, b in zip(owners, bits)]).view(_slot_shape(x))
         n = _slot_constant(self, "levels", tuple(_levels(b) for b in bits), x)
         unit = torch.minimum(torch.relu(x), alpha) / alpha
         q = unit + (torch.round(unit * n) / n - unit).detach()
-        return q * alpha
+        return (q * alpha).to(given)
 
 
 class LSQQuantizer(ActQuantizer):
@@ -434,6 +438,7 @@ class LSQQuantizer(ActQuantizer):
         if bits == FULL_PRECISION:
             return x
         key = str(bits)
+        given = x.dtype
         x = _at_least_float32(x)
         qmin, qmax = self._range(bits)
         step = self.step[key]
@@ -445,12 +450,13 @@ class LSQQuantizer(ActQuantizer):
         g = 1.0 / ((x.numel() * qmax) ** 0.5)
         s = step * g + (step - step * g).detach()  # gradient scaled, value unchanged
         v = torch.clamp(x / s, qmin, qmax)
-        return (v + (torch.round(v) - v).detach()) * s
+        return ((v + (torch.round(v) - v).detach()) * s).to(given)
 
     def forward_slots(self, x, bits, owners=None):
         return _on_quantized_slots(self._quantize_slots, x, bits, owners or (self,) * len(bits))
 
     def _quantize_slots(self, x, bits, owners):
+        given = x.dtype
         x = _at_least_float32(x)
         if self.training and any(str(b) not in o._ready for o, b in zip(owners, bits)):
             for i, (o, b) in enumerate(zip(owners, bits)):  # first sight of a mode: its step from its own slot
@@ -466,7 +472,7 @@ class LSQQuantizer(ActQuantizer):
         step = torch.stack([o.step[str(b)] for o, b in zip(owners, bits)]).view(_slot_shape(x))
         s = step * g + (step - step * g).detach()
         v = torch.clamp(x / s, qmin, qmax)
-        return (v + (torch.round(v) - v).detach()) * s
+        return ((v + (torch.round(v) - v).detach()) * s).to(given)
 
 
 class LSQWeight(LSQQuantizer):
