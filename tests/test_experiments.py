@@ -361,6 +361,27 @@ def test_convergence_table_applies_the_one_point_rule_per_mode(tmp_path):
     assert not (tmp_path / "none.md").exists()
 
 
+def test_convergence_judges_only_steps_that_double_the_schedule(tmp_path):
+    """The rule is about doublings: 256 → 384 epochs adding < 1 point says nothing. Such a
+    step is listed unjudged, and the doubling that ends at the same budget is listed and
+    judged (here it fails the rule the two half steps would each have passed)."""
+    from qdnn_cli.report import collect, find_runs
+    from qdnn_cli.report.table import convergence_table, convergence_text
+
+    root = tmp_path / "runs"
+    for epochs, low in ((256, 25.0), (384, 25.6), (512, 26.2)):
+        make_run(root / f"d{epochs}", {2: low}, kind="dedicated", seed=0, epochs=epochs, epoch=epochs)
+    long, _ = collect(find_runs([root]))
+    steps = convergence_table(long)
+    assert [(r["from"], r["to"], r["converged"]) for _, r in steps.iterrows()] == [
+        (256, 384, None), (256, 512, False), (384, 512, None)]
+    assert steps["epochs_ratio"].tolist() == pytest.approx([1.5, 2.0, 512 / 384])
+    doubling = steps[(steps["from"] == 256) & (steps["to"] == 512)].iloc[0]
+    assert doubling[2] == pytest.approx(1.2)  # 25.0 → 26.2
+    shown = convergence_text(steps, "markdown")
+    assert "— (epochs ×1.5: not a doubling)" in shown and "yes" not in shown
+
+
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
     """Many variants with long names: the legend below the axes must not be cut at the
     picture's edges (it was, with two columns and a fixed canvas)."""

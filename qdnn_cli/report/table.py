@@ -259,9 +259,13 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
 def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
     """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
     per mode: the mean over the seeds run at both budgets (paired; every seed of each when
-    none is shared). A step is ``converged`` when no mode gained ``threshold`` points or
-    more: the rule "go on doubling until the last doubling adds < 1 point in every mode".
-    Columns: variant, from, to, seeds, paired, <mode>..., largest_gain, converged."""
+    none is shared). The rule is "go on doubling until the last doubling adds < 1 point in
+    every mode", so only a step that at least doubles the schedule (the runs' own epochs,
+    whatever the axis: an FP start's passes include its source's) is judged: ``converged``
+    when no mode gained ``threshold`` points or more. A shorter step is listed, unjudged
+    (``converged`` is None), and where an exact doubling ends at the same budget it is
+    listed too. Columns: variant, from, to, seeds, paired, epochs_ratio, <mode>...,
+    largest_gain, converged."""
     if axis not in BUDGET_AXES:
         raise ValueError(f"--budget-axis {axis!r}: choose {' or '.join(BUDGET_AXES)}")
     done = long[long["finished"]]
@@ -269,8 +273,13 @@ def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float
     rows = []
     for variant, g in sorted(done.groupby("variant", sort=False), key=lambda kv: _variant_order(kv[0])):
         per_seed = g.groupby([axis, "seed", "mode"])["top1"].mean()  # a seed run twice counts once
+        epochs_at = g.groupby(axis)["epochs"].max()
         budgets = sorted(per_seed.index.get_level_values(axis).unique())
-        for low, high in zip(budgets, budgets[1:]):
+        steps = list(zip(budgets, budgets[1:]))
+        for low, high in list(steps):
+            if epochs_at[high] < 2 * epochs_at[low]:  # short of a doubling: add the doubling that ends here
+                steps += [(b, high) for b in budgets if b != low and 2 * epochs_at[b] == epochs_at[high]]
+        for low, high in sorted(steps):
             before, after = per_seed.xs(low, level=axis), per_seed.xs(high, level=axis)
             shared = sorted(set(before.index.get_level_values("seed")) & set(after.index.get_level_values("seed")))
             if shared:
@@ -278,21 +287,23 @@ def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float
             gain = (after.groupby(level="mode").mean() - before.groupby(level="mode").mean()).dropna()
             if gain.empty:
                 continue
+            ratio = float(epochs_at[high] / epochs_at[low])
             row = {"variant": variant, "from": int(low), "to": int(high),
                    "seeds": len(shared) or f"{before.index.get_level_values('seed').nunique()} → "
                                            f"{after.index.get_level_values('seed').nunique()}",
-                   "paired": bool(shared)}
+                   "paired": bool(shared), "epochs_ratio": ratio}
             row.update({m: float(gain[m]) for m in modes if m in gain})
             row["largest_gain"] = float(gain.max())
-            row["converged"] = bool(gain.max() < threshold)
+            row["converged"] = bool(gain.max() < threshold) if ratio >= 2 else None
             rows.append(row)
-    return pd.DataFrame(rows, columns=["variant", "from", "to", "seeds", "paired", *modes, "largest_gain", "converged"])
+    return pd.DataFrame(rows, columns=["variant", "from", "to", "seeds", "paired", "epochs_ratio", *modes,
+                                       "largest_gain", "converged"])
 
 
 def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str:
     """:func:`convergence_table` as CSV (numbers) or markdown (signed points)."""
-    modes = [c for c in table.columns if c not in ("variant", "from", "to", "seeds", "paired", "largest_gain",
-                                                   "converged")]
+    modes = [c for c in table.columns if c not in ("variant", "from", "to", "seeds", "paired", "epochs_ratio",
+                                                   "largest_gain", "converged")]
     if fmt == "csv":
         out = table.rename(columns={m: mode_label(m) for m in modes})
         return out.round(4).to_csv(index=False)
@@ -302,7 +313,8 @@ def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str
                           "seeds": [f"{s}" + ("" if p else " (unpaired)") for s, p in zip(table["seeds"], table["paired"])]})
     for m in modes:
         shown[mode_label(m)] = [f"{v:+.2f}" if pd.notna(v) else "—" for v in table[m]]
-    shown["converged"] = ["yes" if c else "no" for c in table["converged"]]
+    shown["converged"] = ["yes" if c is True else "no" if c is False else f"— (epochs ×{r:.3g}: not a doubling)"
+                          for c, r in zip(table["converged"], table["epochs_ratio"])]
     return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
