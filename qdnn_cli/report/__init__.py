@@ -100,7 +100,8 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
         convergence.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(convergence, convergence_text(steps, "csv" if convergence.suffix.lower() == ".csv"
                                                         else "markdown", budget_axis))
-        text += "\nEach budget against the one before (top-1 points gained; converged: < 1 in every mode):\n\n"
+        text += ("\nEach budget against the one before (top-1 points gained; a step that doubles the epochs is "
+                 "converged when every mode gains < 1):\n\n")
         text += convergence_text(steps, "markdown", budget_axis)
     return text
 
