@@ -313,7 +313,7 @@ def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str
                           "seeds": [f"{s}" + ("" if p else " (unpaired)") for s, p in zip(table["seeds"], table["paired"])]})
     for m in modes:
         shown[mode_label(m)] = [f"{v:+.2f}" if pd.notna(v) else "—" for v in table[m]]
-    shown["converged"] = ["yes" if c is True else "no" if c is False else f"— (epochs ×{r:.3g}: not a doubling)"
+    shown["converged"] = [f"— (epochs ×{r:.3g}: not a doubling)" if pd.isna(c) else "yes" if c else "no"
                           for c, r in zip(table["converged"], table["epochs_ratio"])]
     return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
