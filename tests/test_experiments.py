@@ -382,6 +382,34 @@ def test_convergence_judges_only_steps_that_double_the_schedule(tmp_path):
     assert "— (epochs ×1.5: not a doubling)" in shown and "yes" not in shown
 
 
+def test_convergence_pairs_seeds_per_mode(tmp_path):
+    """Dedicated models train one mode each, so one budget's seeds differ by mode: at 128
+    epochs seed 0 trained only 4 bits and seed 1 only 2 bits, at 256 seed 0 only 2 bits. The
+    2-bit step is then unpaired (seed 1 → seed 0), not dropped because the seed the two
+    budgets share never trained that mode."""
+    from qdnn_cli.report import collect, find_runs
+    from qdnn_cli.report.table import convergence_table, convergence_text
+
+    root = tmp_path / "runs"
+    make_run(root / "d128_4_s0", {4: 22.0}, kind="dedicated", seed=0, epochs=128, epoch=128)
+    make_run(root / "d128_2_s1", {2: 24.0}, kind="dedicated", seed=1, epochs=128, epoch=128)
+    make_run(root / "d128_2_s2", {2: 26.0}, kind="dedicated", seed=2, epochs=128, epoch=128)
+    make_run(root / "d256_2_s0", {2: 27.5}, kind="dedicated", seed=0, epochs=256, epoch=256)
+    make_run(root / "d256_2_s2", {2: 26.5}, kind="dedicated", seed=2, epochs=256, epoch=256)
+    long, _ = collect(find_runs([root]))
+    (step,) = [r for _, r in convergence_table(long).iterrows()]
+    assert (step["from"], step["to"], step["seeds"], bool(step["paired"])) == (128, 256, 1, True)
+    assert step[2] == pytest.approx(0.5) and pd.isna(step[4])  # seed 2 alone: 26.0 → 26.5
+    assert step["converged"] is True
+    make_run(root / "d256_4_s1", {4: 25.0}, kind="dedicated", seed=1, epochs=256, epoch=256)
+    long, _ = collect(find_runs([root]))
+    (step,) = [r for _, r in convergence_table(long).iterrows()]
+    assert step[4] == pytest.approx(3.0) and step["seeds"] == "4-bit: 1 → 1, 2-bit: 1"  # seed 0 → seed 1
+    assert not step["paired"] and step["converged"] is None  # a 3-point gain, but across seeds: unjudged
+    shown = convergence_text(convergence_table(long), "markdown")
+    assert "(unpaired)" in shown and "— (unpaired: other seeds)" in shown
+
+
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
     """Many variants with long names: the legend below the axes must not be cut at the
     picture's edges (it was, with two columns and a fixed canvas)."""

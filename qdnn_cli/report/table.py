@@ -258,13 +258,15 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
 
 def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
     """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
-    per mode: the mean over the seeds run at both budgets (paired; every seed of each when
-    none is shared). The rule is "go on doubling until the last doubling adds < 1 point in
+    per mode: the mean over the seeds that ran that mode at both budgets (paired; every seed
+    of each when none is shared). Pairing is per mode because a variant's runs at one budget
+    may train different modes with different seeds (dedicated models of one bit-width each). The rule is "go on doubling until the last doubling adds < 1 point in
     every mode", so only a step that at least doubles the schedule (the runs' own epochs,
     whatever the axis: an FP start's passes include its source's) is judged: ``converged``
     when no mode gained ``threshold`` points or more. A shorter step is listed, unjudged
     (``converged`` is None), and where an exact doubling ends at the same budget it is
-    listed too. Columns: variant, from, to, seeds, paired, epochs_ratio, <mode>...,
+    listed too. So is an unpaired step (different seeds at the two budgets): seeds of one
+    variant lie a point or two apart, as much as the rule's threshold. Columns: variant, from, to, seeds, paired, epochs_ratio, <mode>...,
     largest_gain, converged."""
     if axis not in BUDGET_AXES:
         raise ValueError(f"--budget-axis {axis!r}: choose {' or '.join(BUDGET_AXES)}")
@@ -281,23 +283,36 @@ def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float
                 steps += [(b, high) for b in budgets if b != low and 2 * epochs_at[b] == epochs_at[high]]
         for low, high in sorted(steps):
             before, after = per_seed.xs(low, level=axis), per_seed.xs(high, level=axis)
-            shared = sorted(set(before.index.get_level_values("seed")) & set(after.index.get_level_values("seed")))
-            if shared:
-                before, after = before[before.index.isin(shared, level="seed")], after[after.index.isin(shared, level="seed")]
-            gain = (after.groupby(level="mode").mean() - before.groupby(level="mode").mean()).dropna()
-            if gain.empty:
+            gain, seeds = {}, {}
+            for mode in modes:
+                b, a = _seed_values(before, mode), _seed_values(after, mode)
+                if b.empty or a.empty:
+                    continue
+                shared = b.index.intersection(a.index)
+                if len(shared):
+                    b, a = b[shared], a[shared]
+                gain[mode] = float(a.mean() - b.mean())
+                seeds[mode] = len(shared) or f"{len(b)} → {len(a)}"
+            if not gain:
                 continue
+            gain = pd.Series(gain)
             ratio = float(epochs_at[high] / epochs_at[low])
+            counts = list(dict.fromkeys(seeds.values()))
             row = {"variant": variant, "from": int(low), "to": int(high),
-                   "seeds": len(shared) or f"{before.index.get_level_values('seed').nunique()} → "
-                                           f"{after.index.get_level_values('seed').nunique()}",
-                   "paired": bool(shared), "epochs_ratio": ratio}
+                   "seeds": counts[0] if len(counts) == 1 else ", ".join(f"{mode_label(m)}: {n}" for m, n in seeds.items()),
+                   "paired": all(isinstance(n, int) for n in seeds.values()), "epochs_ratio": ratio}
             row.update({m: float(gain[m]) for m in modes if m in gain})
             row["largest_gain"] = float(gain.max())
-            row["converged"] = bool(gain.max() < threshold) if ratio >= 2 else None
+            row["converged"] = bool(gain.max() < threshold) if ratio >= 2 and row["paired"] else None
             rows.append(row)
     return pd.DataFrame(rows, columns=["variant", "from", "to", "seeds", "paired", "epochs_ratio", *modes,
                                        "largest_gain", "converged"])
+
+
+def _seed_values(per_seed: pd.Series, mode) -> pd.Series:
+    """One budget's top-1 of ``mode`` indexed by seed (empty when no run trained it)."""
+    values = per_seed[per_seed.index.get_level_values("mode") == mode]
+    return pd.Series(values.to_numpy(), index=values.index.get_level_values("seed"))
 
 
 def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str:
@@ -313,7 +328,8 @@ def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str
                           "seeds": [f"{s}" + ("" if p else " (unpaired)") for s, p in zip(table["seeds"], table["paired"])]})
     for m in modes:
         shown[mode_label(m)] = [f"{v:+.2f}" if pd.notna(v) else "—" for v in table[m]]
-    shown["converged"] = [f"— (epochs ×{r:.3g}: not a doubling)" if pd.isna(c) else "yes" if c else "no"
+    shown["converged"] = [("yes" if c else "no") if pd.notna(c) else f"— (epochs ×{r:.3g}: not a doubling)"
+                          if r < 2 else "— (unpaired: other seeds)"
                           for c, r in zip(table["converged"], table["epochs_ratio"])]
     return shown.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
