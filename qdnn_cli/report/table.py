@@ -258,16 +258,17 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
 
 def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
     """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
-    per mode: the mean over the seeds that ran that mode at both budgets (paired; every seed
-    of each when none is shared). Pairing is per mode because a variant's runs at one budget
-    may train different modes with different seeds (dedicated models of one bit-width each). The rule is "go on doubling until the last doubling adds < 1 point in
-    every mode", so only a step that at least doubles the schedule (the runs' own epochs,
-    whatever the axis: an FP start's passes include its source's) is judged: ``converged``
-    when no mode gained ``threshold`` points or more. A shorter step is listed, unjudged
-    (``converged`` is None), and where an exact doubling ends at the same budget it is
-    listed too. So is an unpaired step (different seeds at the two budgets): seeds of one
-    variant lie a point or two apart, as much as the rule's threshold. Columns: variant, from, to, seeds, paired, epochs_ratio, <mode>...,
-    largest_gain, converged."""
+    per mode: the mean over the seeds that ran that mode at both budgets (paired; every
+    seed of each when none is shared). Pairing is per mode because one budget's runs may
+    train different modes with different seeds (dedicated models, one bit-width each).
+    The rule is "go on doubling until the last doubling adds < 1 point in every mode", so
+    only a step that at least doubles the schedule (the runs' own epochs, whatever the
+    axis: an FP start's passes include its source's) is judged: ``converged`` when no mode
+    gained ``threshold`` points or more. A shorter step is listed, unjudged (``converged``
+    is None), and where an exact doubling ends at the same budget it is listed too. An
+    unpaired step (other seeds at the two budgets) is listed unjudged as well: seeds of
+    one variant lie a point or two apart, as much as the threshold. Columns: variant,
+    from, to, seeds, paired, epochs_ratio, <mode>..., largest_gain, converged."""
     if axis not in BUDGET_AXES:
         raise ValueError(f"--budget-axis {axis!r}: choose {' or '.join(BUDGET_AXES)}")
     done = long[long["finished"]]
