@@ -410,6 +410,31 @@ def test_convergence_pairs_seeds_per_mode(tmp_path):
     assert "(unpaired)" in shown and "— (unpaired: other seeds)" in shown
 
 
+def test_report_counts_seeds_per_mode_where_the_modes_ran_different_seeds(tmp_path):
+    """Dedicated models of one budget train one mode each: 4 bits with seeds 0 and 1, 2 bits
+    with seed 1 alone. The row must not say "2 seeds" over a 2-bit cell of one."""
+    from qdnn_cli.report import build_table, collect, find_runs
+
+    root = tmp_path / "runs"
+    make_run(root / "d4_s0", {4: 22.0}, kind="dedicated", seed=0, epochs=128, epoch=128)
+    make_run(root / "d4_s1", {4: 24.0}, kind="dedicated", seed=1, epochs=128, epoch=128)
+    make_run(root / "d2_s1", {2: 25.0}, kind="dedicated", seed=1, epochs=128, epoch=128)
+    make_run(root / "q_s0", {4: 30.0, 2: 28.0}, seed=0, epochs=128, epoch=128)
+    make_run(root / "q_s1", {4: 32.0, 2: 29.0}, seed=1, epochs=128, epoch=128)
+    long, _ = collect(find_runs([root]))
+    _, table = build_table(long)
+    rows = table[table["row"] == "result"].set_index("variant")
+    assert rows.loc["dedicated", "seeds"] == "4-bit: 2, 2-bit: 1"
+    assert rows.loc["quantizable", "seeds"] == 2  # every mode the same seeds: one number
+    assert rows.loc["dedicated", 4] == 23.0 and rows.loc["dedicated", "4_std"] == pytest.approx(2 ** 0.5)
+    assert pd.isna(rows.loc["dedicated", "2_std"])  # one seed: no spread
+    r = qdnn("report", root, "--no-costs")
+    assert r.exit_code == 0, r.output
+    header, body = _markdown_rows(r.output)
+    shown = {row[0]: dict(zip(header, row)) for row in body}
+    assert shown["dedicated"]["seeds"] == "4-bit: 2, 2-bit: 1" and shown["dedicated"]["2-bit"] == "25.00"
+
+
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
     """Many variants with long names: the legend below the axes must not be cut at the
     picture's edges (it was, with two columns and a fixed canvas)."""

@@ -1,9 +1,10 @@
 """One table from the collected runs: a row per variant × budget, a column per bit mode.
 
 Finished runs of one variant and budget are averaged over seeds (mean ± std, the std
-only from two seeds on; "seeds" counts them; runs of one seed are averaged first, and
-`qdnn report` warns of them: :func:`repeated_seeds`). Runs that differ in anything that defines a variant or in budget are
-never averaged together. Incomplete runs get rows of their own, marked with state and
+only from two seeds on; "seeds" counts them, per mode where the modes differ; runs of
+one seed are averaged first, and `qdnn report` warns of them: :func:`repeated_seeds`).
+Runs that differ in anything that defines a variant or in budget are never averaged
+together. Incomplete runs get rows of their own, marked with state and
 epoch, and never enter a mean. Optional rows: "quantizable − dedicated" per budget,
 literature references, and the model's size (MB) and BOPs per mode.
 
@@ -39,6 +40,16 @@ def _variant_order(variant: str) -> tuple:
             variant)
 
 
+def _seed_count(per_seed: pd.DataFrame) -> int | str:
+    """How many seeds a row averages: one number when every mode has the same, else per
+    mode (dedicated models of one variant and budget, one bit-width each, may have run
+    different seeds), so a cell of one seed never reads as a mean of two."""
+    counts = per_seed.groupby("mode", sort=False)["seed"].nunique()
+    if counts.nunique() == 1:
+        return int(counts.iloc[0])
+    return ", ".join(f"{mode_label(m)}: {counts[m]}" for m in sort_modes(counts.index.tolist(), descending=True))
+
+
 def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
     """(modes high → low, table) from :func:`collect.collect`'s long frame."""
     modes = sort_modes(long["mode"].unique().tolist(), descending=True)
@@ -48,9 +59,8 @@ def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
         # a seed run more than once counts once (its runs averaged): the spread is over seeds
         per_seed = g.groupby(["seed", "mode"], sort=False)["top1"].mean().reset_index()
         stats = per_seed.groupby("mode", sort=False)["top1"].agg(["mean", "std"])  # ints and wXaY: no sort
-        seeds = per_seed["seed"].nunique()
-        rows.append(_row(variant, budget, seeds, True, "result", stats["mean"].to_dict(),
-                         stats["std"].dropna().to_dict() if seeds > 1 else {}))
+        rows.append(_row(variant, budget, _seed_count(per_seed), True, "result", stats["mean"].to_dict(),
+                         stats["std"].dropna().to_dict()))
     for (path, variant, budget), g in long[~long["finished"]].groupby(["path", "variant", "budget"], sort=False):
         first = g.iloc[0]
         label = f"{variant} [{first.state}: epoch {first.epoch}/{first.epochs}, seed {first.seed}, {first.run}]"
