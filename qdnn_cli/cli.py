@@ -315,9 +315,11 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="write the table to this file"),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="write accuracy-vs-bit-mode plot (PNG)"),
     budget_plot: Optional[Path] = typer.Option(None, "--plot-budget", help="write accuracy-vs-epochs plot (PNG): "
-                                               "each variant's most and least precise mode over the budgets it ran"),
+                                               "each variant's modes (--budget-modes) over the budgets it ran"),
     budget_axis: str = typer.Option("epochs", "--budget-axis", help="--plot-budget's x axis: epochs, or passes "
                                     "(forward/backward passes per training image: equal compute)"),
+    budget_modes: Optional[str] = typer.Option(None, "--budget-modes", help="--plot-budget's modes, comma-separated "
+                                               "(e.g. FP,4,2; default: the most and least precise present)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="add a reference table's rows: a CSV, or cifar100 / cifar10 / imagenet (shipped with qdnn)"),
     no_costs: bool = typer.Option(False, "--no-costs", help="leave out model size and BOPs rows"),
     convergence: Optional[Path] = typer.Option(None, "--convergence", help="write each variant's gain per mode "
@@ -329,7 +331,8 @@ def report(
     Example: qdnn report runs/cifar100 --out table.md --plot table.png"""
     from .report import build_report
 
-    text = build_report(paths, fmt, out, plot_path, reference, not no_costs, budget_plot, budget_axis, convergence)
+    text = build_report(paths, fmt, out, plot_path, reference, not no_costs, budget_plot, budget_axis, convergence,
+                        budget_modes)
     console.print(text, markup=False, soft_wrap=True)
     for p in (out, plot_path, budget_plot, convergence):
         if p:

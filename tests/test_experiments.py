@@ -435,6 +435,29 @@ def test_report_counts_seeds_per_mode_where_the_modes_ran_different_seeds(tmp_pa
     assert shown["dedicated"]["seeds"] == "4-bit: 2, 2-bit: 1" and shown["dedicated"]["2-bit"] == "25.00"
 
 
+def test_budget_modes_choose_the_curves_and_refuse_a_mode_no_run_has(tmp_path):
+    """The dedicated 4-bit model is neither the most nor the least precise mode, so the
+    default picture leaves it out; --budget-modes draws it."""
+    from qdnn_cli.report import budget_curves, collect, find_runs
+
+    root = tmp_path / "runs"
+    for epochs in (64, 128):
+        make_run(root / f"q{epochs}", {32: 40.0, 4: 38.0, 2: 35.0}, epochs=epochs, epoch=epochs)
+        make_run(root / f"d{epochs}", {4: 20.0 + epochs / 64}, kind="dedicated", epochs=epochs, epoch=epochs)
+    long, _ = collect(find_runs([root]))
+    assert ("dedicated", 4) not in budget_curves(long)
+    assert [p[:2] for p in budget_curves(long, [4])[("dedicated", 4)]] == [(64, 21.0), (128, 22.0)]
+    png = tmp_path / "b.png"
+    r = qdnn("report", root, "--no-costs", "--plot-budget", png, "--budget-modes", "FP,4-bit")
+    assert r.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG", r.output
+    for bad, said in (("0", "'0' is not a bit mode"), ("8", "no finished run has 8-bit"), (",", "name one mode")):
+        out = tmp_path / f"bad{bad}.png"
+        r = qdnn("report", root, "--no-costs", "--plot-budget", out, "--budget-modes", bad)
+        assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output and not out.exists(), r.output
+    r = qdnn("report", root, "--no-costs", "--budget-modes", "4")
+    assert r.exit_code == 2 and "--plot-budget" in r.output
+
+
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
     """Many variants with long names: the legend below the axes must not be cut at the
     picture's edges (it was, with two columns and a fixed canvas)."""

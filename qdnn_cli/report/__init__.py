@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..quant import sort_modes
+from ..quant import mode_from_label, mode_label, sort_modes
 from .collect import _warn, collect, find_runs
 from .table import (BUDGET_AXES, INFO, budget_curves, build_table, convergence_table, convergence_text, cost_rows,
                     load_reference, plot, plot_budget, repeated_seeds, to_csv, to_markdown)
@@ -42,7 +42,8 @@ def reference_path(reference: str) -> Path:
 
 def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path: Path | None,
                  reference: str | None, costs: bool = True, budget_plot: Path | None = None,
-                 budget_axis: str = "epochs", convergence: Path | None = None) -> str:
+                 budget_axis: str = "epochs", convergence: Path | None = None,
+                 budget_modes: str | None = None) -> str:
     from ..engine.rundir import atomic_write_text
 
     if fmt is None:  # the file's name says what it is
@@ -51,6 +52,12 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
         raise ValueError(f"--format {fmt!r}: choose markdown or csv")
     if budget_axis not in BUDGET_AXES:
         raise ValueError(f"--budget-axis {budget_axis!r}: choose {' or '.join(BUDGET_AXES)}")
+    # a wrong mode is said before any run is read, like a wrong axis
+    curve_modes = [mode_from_label(m) for m in budget_modes.split(",") if m.strip()] if budget_modes else None
+    if budget_modes is not None and not curve_modes:
+        raise ValueError(f"--budget-modes {budget_modes!r}: name one mode or more, e.g. FP,4,2")
+    if curve_modes and not budget_plot:
+        raise ValueError("--budget-modes chooses --plot-budget's curves: give --plot-budget PNG too")
     runs = find_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no qdnn runs (folders with config.yaml) under {', '.join(map(str, paths))}")
@@ -86,7 +93,13 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         plot(modes, table, plot_path, title=", ".join(sorted({r.name for r in runs})))
     if budget_plot:
-        curves = budget_curves(long, axis=budget_axis)
+        if curve_modes:
+            present = set(long.loc[long["finished"], "mode"])
+            missing = [mode_label(m) for m in curve_modes if m not in present]
+            if missing:
+                raise ValueError(f"--budget-modes: no finished run has {', '.join(missing)} (they have "
+                                 f"{', '.join(mode_label(m) for m in sort_modes(list(present), descending=True))})")
+        curves = budget_curves(long, curve_modes, axis=budget_axis)
         if not curves:
             raise FileNotFoundError("--plot-budget: no finished runs to draw")
         budget_plot.parent.mkdir(parents=True, exist_ok=True)
