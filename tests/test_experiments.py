@@ -458,6 +458,26 @@ def test_budget_modes_choose_the_curves_and_refuse_a_mode_no_run_has(tmp_path):
     assert r.exit_code == 2 and "--plot-budget" in r.output
 
 
+def test_convergence_steps_over_a_budget_the_mode_skipped(tmp_path):
+    """The dedicated 4-bit model ran 128 and 384 epochs, the 2-bit one 128, 256 and 384: the
+    4-bit step is 128 → 384 (judged: it triples), not lost between the 2-bit model's steps."""
+    from qdnn_cli.report import collect, find_runs
+    from qdnn_cli.report.table import convergence_table
+
+    root = tmp_path / "runs"
+    for epochs, two in ((128, 24.0), (256, 25.5), (384, 26.0)):
+        make_run(root / f"d{epochs}_2", {2: two}, kind="dedicated", epochs=epochs, epoch=epochs)
+    for epochs, four in ((128, 23.0), (384, 25.0)):
+        make_run(root / f"d{epochs}_4", {4: four}, kind="dedicated", epochs=epochs, epoch=epochs)
+    long, _ = collect(find_runs([root]))
+    steps = {(r["from"], r["to"]): r for _, r in convergence_table(long).iterrows()}
+    assert sorted(steps) == [(128, 256), (128, 384), (256, 384)]
+    assert steps[(128, 384)][4] == pytest.approx(2.0) and pd.isna(steps[(128, 384)][2])
+    assert steps[(128, 384)]["converged"] is False  # +2 over a tripling
+    assert steps[(128, 256)][2] == pytest.approx(1.5) and pd.isna(steps[(128, 256)][4])
+    assert steps[(256, 384)]["converged"] is None  # ×1.5: not a doubling, and no 192 to double from
+
+
 def test_budget_plot_keeps_long_legends_inside_the_picture(tmp_path):
     """Many variants with long names: the legend below the axes must not be cut at the
     picture's edges (it was, with two columns and a fixed canvas)."""

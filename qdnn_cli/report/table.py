@@ -268,7 +268,7 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
 
 def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
     """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
-    per mode: the mean over the seeds that ran that mode at both budgets (paired; every
+    per mode (a mode's next budget is the next one it ran): the mean over the seeds that ran that mode at both budgets (paired; every
     seed of each when none is shared). Pairing is per mode because one budget's runs may
     train different modes with different seeds (dedicated models, one bit-width each).
     The rule is "go on doubling until the last doubling adds < 1 point in every mode", so
@@ -287,18 +287,23 @@ def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float
     for variant, g in sorted(done.groupby("variant", sort=False), key=lambda kv: _variant_order(kv[0])):
         per_seed = g.groupby([axis, "seed", "mode"])["top1"].mean()  # a seed run twice counts once
         epochs_at = g.groupby(axis)["epochs"].max()
-        budgets = sorted(per_seed.index.get_level_values(axis).unique())
-        steps = list(zip(budgets, budgets[1:]))
-        for low, high in list(steps):
-            if epochs_at[high] < 2 * epochs_at[low]:  # short of a doubling: add the doubling that ends here
-                steps += [(b, high) for b in budgets if b != low and 2 * epochs_at[b] == epochs_at[high]]
-        for low, high in sorted(steps):
+        # Steps per mode, between the budgets that mode ran: a dedicated 4-bit model run at
+        # 128 and 384 epochs has its step though the 2-bit model also ran 256.
+        modes_of_step = {}
+        for mode in modes:
+            budgets = sorted(per_seed[per_seed.index.get_level_values("mode") == mode]
+                             .index.get_level_values(axis).unique())
+            steps = list(zip(budgets, budgets[1:]))
+            for low, high in list(steps):
+                if epochs_at[high] < 2 * epochs_at[low]:  # short of a doubling: add the doubling that ends here
+                    steps += [(b, high) for b in budgets if b != low and 2 * epochs_at[b] == epochs_at[high]]
+            for step in steps:
+                modes_of_step.setdefault(step, []).append(mode)
+        for low, high in sorted(modes_of_step):
             before, after = per_seed.xs(low, level=axis), per_seed.xs(high, level=axis)
             gain, seeds = {}, {}
-            for mode in modes:
+            for mode in modes_of_step[(low, high)]:
                 b, a = _seed_values(before, mode), _seed_values(after, mode)
-                if b.empty or a.empty:
-                    continue
                 shared = b.index.intersection(a.index)
                 if len(shared):
                     b, a = b[shared], a[shared]
