@@ -4,9 +4,9 @@ Finished runs of one variant and budget are averaged over seeds (mean ± std, th
 only from two seeds on; "seeds" counts them, per mode where the modes differ; runs of
 one seed are averaged first, and `qdnn report` warns of them: :func:`repeated_seeds`).
 Runs that differ in anything that defines a variant or in budget are never averaged
-together. Incomplete runs get rows of their own, marked with state and
-epoch, and never enter a mean. Optional rows: "quantizable − dedicated" per budget,
-literature references, and the model's size (MB) and BOPs per mode.
+together. Incomplete runs get rows of their own, marked with state and epoch, and never
+enter a mean. Optional rows: "quantizable − dedicated" per budget, literature
+references, and the model's size (MB) and BOPs per mode.
 
 The table is a DataFrame: ``variant``, ``budget``, ``seeds``, ``finished``, ``row``
 (result / difference / reference / cost) and, per mode, ``<mode>`` (mean) and
