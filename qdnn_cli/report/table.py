@@ -40,14 +40,14 @@ def _variant_order(variant: str) -> tuple:
             variant)
 
 
-def _seed_count(per_seed: pd.DataFrame) -> int | str:
-    """How many seeds a row averages: one number when every mode has the same, else per
-    mode (dedicated models of one variant and budget, one bit-width each, may have run
-    different seeds), so a cell of one seed never reads as a mean of two."""
-    counts = per_seed.groupby("mode", sort=False)["seed"].nunique()
-    if counts.nunique() == 1:
-        return int(counts.iloc[0])
-    return ", ".join(f"{mode_label(m)}: {counts[m]}" for m in sort_modes(counts.index.tolist(), descending=True))
+def _seed_counts(counts: dict) -> int | str:
+    """The seeds behind a row, ``{mode: count}``: one value when every mode has the same,
+    else per mode (dedicated models of one variant and budget, one bit-width each, may have
+    run different seeds), so a cell of one seed never reads as a mean of two."""
+    values = set(counts.values())
+    if len(values) == 1:
+        return values.pop()
+    return ", ".join(f"{mode_label(m)}: {counts[m]}" for m in sort_modes(list(counts), descending=True))
 
 
 def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
@@ -59,7 +59,8 @@ def build_table(long: pd.DataFrame) -> tuple[list, pd.DataFrame]:
         # a seed run more than once counts once (its runs averaged): the spread is over seeds
         per_seed = g.groupby(["seed", "mode"], sort=False)["top1"].mean().reset_index()
         stats = per_seed.groupby("mode", sort=False)["top1"].agg(["mean", "std"])  # ints and wXaY: no sort
-        rows.append(_row(variant, budget, _seed_count(per_seed), True, "result", stats["mean"].to_dict(),
+        seeds = _seed_counts({m: int(n) for m, n in per_seed.groupby("mode", sort=False)["seed"].nunique().items()})
+        rows.append(_row(variant, budget, seeds, True, "result", stats["mean"].to_dict(),
                          stats["std"].dropna().to_dict()))
     for (path, variant, budget), g in long[~long["finished"]].groupby(["path", "variant", "budget"], sort=False):
         first = g.iloc[0]
@@ -268,9 +269,10 @@ def budget_curves(long: pd.DataFrame, modes: list | None = None, axis: str = "ep
 
 def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float = 1.0) -> pd.DataFrame:
     """Each variant's change in top-1 from one budget it ran to the next (on ``axis``),
-    per mode (a mode's next budget is the next one it ran): the mean over the seeds that ran that mode at both budgets (paired; every
-    seed of each when none is shared). Pairing is per mode because one budget's runs may
-    train different modes with different seeds (dedicated models, one bit-width each).
+    per mode (a mode's next budget is the next one it ran): the mean over the seeds that
+    ran that mode at both budgets (paired; every seed of each when none is shared).
+    Pairing is per mode because one budget's runs may train different modes with
+    different seeds (dedicated models, one bit-width each).
     The rule is "go on doubling until the last doubling adds < 1 point in every mode", so
     only a step that at least doubles the schedule (the runs' own epochs, whatever the
     axis: an FP start's passes include its source's) is judged: ``converged`` when no mode
@@ -309,13 +311,9 @@ def convergence_table(long: pd.DataFrame, axis: str = "epochs", threshold: float
                     b, a = b[shared], a[shared]
                 gain[mode] = float(a.mean() - b.mean())
                 seeds[mode] = len(shared) or f"{len(b)} → {len(a)}"
-            if not gain:
-                continue
             gain = pd.Series(gain)
             ratio = float(epochs_at[high] / epochs_at[low])
-            counts = list(dict.fromkeys(seeds.values()))
-            row = {"variant": variant, "from": int(low), "to": int(high),
-                   "seeds": counts[0] if len(counts) == 1 else ", ".join(f"{mode_label(m)}: {n}" for m, n in seeds.items()),
+            row = {"variant": variant, "from": int(low), "to": int(high), "seeds": _seed_counts(seeds),
                    "paired": all(isinstance(n, int) for n in seeds.values()), "epochs_ratio": ratio}
             row.update({m: float(gain[m]) for m in modes if m in gain})
             row["largest_gain"] = float(gain.max())
