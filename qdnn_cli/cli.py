@@ -341,6 +341,26 @@ def report(
 
 @app.command()
 @guarded
+def compare(
+    left: str = typer.Argument(..., help="one variant's runs: a run directory, a folder of runs, or a quoted glob"),
+    right: str = typer.Argument(..., help="the runs it is compared against, given the same way"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="markdown or csv (default: csv for an --out "
+                                      "ending in .csv, else markdown)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the comparison to this file"),
+):
+    """One variant against another, per bit mode: top-1 left − right, seed against seed
+    (and the train/val gaps, where both sides ran `qdnn eval RUN --split train`).
+
+    Example: qdnn compare 'runs/c100/seed*/full' 'runs/c100/seed*/dedicated_2'"""
+    from .report.compare import build_comparison
+
+    console.print(build_comparison(left, right, fmt, out), markup=False, soft_wrap=True)
+    if out:
+        console.print(f"written: {out}")
+
+
+@app.command()
+@guarded
 @with_launcher
 def reproduce(
     experiment: str = typer.Argument(..., help="experiment name"),

@@ -591,3 +591,63 @@ def test_passes_of_a_run_started_from_another_count_the_source(tmp_path, capsys)
     started["model"]["init_from"] = str(tmp_path / "gone")
     assert passes_of(started) == 40
     assert "gone" in capsys.readouterr().err
+
+
+def _train_eval(run_dir, top1: dict, calibrated=()):
+    """What ``qdnn eval RUN --split train`` leaves in a run: top-1 per mode on the training images."""
+    with open(run_dir / "eval-checkpoint-train-20260101-000000.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["mode", "top1", "top5", "loss", "trained", "calibrated", "split"])
+        for m, v in top1.items():
+            w.writerow([m, v, 100, 0.1, m not in calibrated, m in calibrated, "train"])
+
+
+def test_compare_pairs_seeds_mode_by_mode_with_the_train_val_gaps(tmp_path):
+    """The difference is the mean of the per-seed differences over the seeds both sides
+    ran (seed 2 of the left side has no partner and stays out); the gaps likewise."""
+    root = tmp_path / "runs"
+    left = {0: {32: 40.0, 4: 30.0, 2: 28.0}, 1: {32: 42.0, 4: 31.0, 2: 29.0}, 2: {32: 50.0, 4: 50.0, 2: 50.0}}
+    for seed, top1 in left.items():
+        make_run(root / f"full_seed{seed}", top1, seed=seed, epochs=64, epoch=64)
+        _train_eval(root / f"full_seed{seed}", {m: v + 30 for m, v in top1.items()})
+    right = {(0, 4): 25.0, (1, 4): 24.0, (0, 2): 27.0, (1, 2): 26.0}
+    for (seed, bits), v in right.items():
+        make_run(root / f"ded_seed{seed}_{bits}", {bits: v}, kind="dedicated", seed=seed, epochs=384, epoch=384)
+        _train_eval(root / f"ded_seed{seed}_{bits}", {bits: 99.0})
+    out = tmp_path / "cmp.csv"
+    r = qdnn("compare", f"{root}/full_seed*", f"{root}/ded_seed*", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = {row["mode"]: row for row in read_csv(out)}
+    assert sorted(rows) == ["2-bit", "4-bit"]  # the sides share no FP mode
+    assert float(rows["4-bit"]["difference"]) == pytest.approx(((30 - 25) + (31 - 24)) / 2)
+    assert rows["4-bit"]["per_seed"] == "+5.00 +7.00" and rows["4-bit"]["seeds"] == "0 1"
+    assert float(rows["2-bit"]["left"]) == pytest.approx(28.5) and float(rows["2-bit"]["right"]) == pytest.approx(26.5)
+    # gaps: left 30 in every seed; right 99 - 26.5 on average at 2 bits
+    assert float(rows["2-bit"]["gap_difference"]) == pytest.approx(30 - (99 - 26.5))
+    header, cells = _markdown_rows(qdnn("compare", f"{root}/full_seed*", f"{root}/ded_seed*").output)
+    assert header[:4] == ["mode", "left", "right", "left − right"] and cells[0][3] == "**+6.00**"
+
+
+def test_compare_says_unpaired_and_refuses_sides_it_cannot_compare(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "a0", {32: 40.0, 2: 30.0}, seed=0)
+    make_run(root / "b1", {32: 38.0, 2: 31.0}, seed=1, consistency=False)
+    make_run(root / "b2", {32: 36.0, 2: 33.0}, seed=2, consistency=False, state="running", epoch=1)
+    make_run(root / "c0", {32: 38.0, 2: 31.0}, seed=0, lr=0.01)
+    make_run(root / "d0", {8: 20.0}, seed=0, kind="dedicated")
+    _train_eval(root / "a0", {32: 90.0, 2: 80.0}, calibrated=(32,))  # FP's BN re-estimated: no gap to compare
+    _train_eval(root / "b1", {32: 90.0, 2: 80.0})
+    r = qdnn("compare", root / "a0", f"{root}/b*")
+    assert r.exit_code == 0 and "left out 1 unfinished run" in r.output, r.output
+    _, cells = _markdown_rows(r.output)
+    assert cells[0][:5] == ["FP", "40.00", "38.00", "**+2.00**", "unpaired"] and cells[0][6:] == ["—"] * 3
+    assert cells[1][3:] == ["**-1.00**", "unpaired", "0 against 1", "50.00", "49.00", "+1.00"]
+    assert "left out 1 unfinished run" in r.output
+    for args, said in (((root / "a0", f"{root}/nothing*"), "nothing matches"),
+                       ((root / "a0", root / "missing"), "does not exist"),
+                       ((root / "a0", f"{root}/[bc]*"), "holds 2 variants or budgets"),
+                       ((root / "a0", root / "d0"), "share no bit mode"),
+                       ((f"{root}/a*", root), "both sides hold"),
+                       ((root / "a0", root / "c0", "--format", "xml"), "choose markdown or csv")):
+        r = qdnn("compare", *args)
+        assert r.exit_code == 2 and said in r.output and "Traceback" not in r.output, (said, r.output)
