@@ -9,7 +9,7 @@ import pandas as pd
 from ..quant import mode_from_label, mode_label, sort_modes
 from .collect import _warn, collect, find_runs
 from .table import (BUDGET_AXES, INFO, budget_curves, build_table, convergence_table, convergence_text, cost_rows,
-                    load_reference, plot, plot_budget, repeated_seeds, to_csv, to_markdown)
+                    load_reference, output_format, plot, plot_budget, repeated_seeds, to_csv, to_markdown)
 from ..words import count
 
 
@@ -46,10 +46,7 @@ def build_report(paths: list[Path], fmt: str | None, out: Path | None, plot_path
                  budget_modes: str | None = None) -> str:
     from ..engine.rundir import atomic_write_text
 
-    if fmt is None:  # the file's name says what it is
-        fmt = "csv" if out is not None and Path(out).suffix.lower() == ".csv" else "markdown"
-    if fmt not in ("markdown", "csv"):
-        raise ValueError(f"--format {fmt!r}: choose markdown or csv")
+    fmt = output_format(fmt, out)
     if budget_axis not in BUDGET_AXES:
         raise ValueError(f"--budget-axis {budget_axis!r}: choose {' or '.join(BUDGET_AXES)}")
     # a wrong mode is said before any run is read, like a wrong axis

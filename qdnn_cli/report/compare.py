@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..quant import mode_label, parse_mode, sort_modes
 from .collect import DamagedRun, _warn, collect, find_runs
+from .table import output_format
 
 SIDES = ("left", "right")
 
@@ -154,10 +155,7 @@ def to_markdown(table: pd.DataFrame, about: dict) -> str:
 def build_comparison(left: str, right: str, fmt: str | None, out: Path | None) -> str:
     from ..engine.rundir import atomic_write_text
 
-    if fmt is None:
-        fmt = "csv" if out is not None and Path(out).suffix.lower() == ".csv" else "markdown"
-    if fmt not in ("markdown", "csv"):
-        raise ValueError(f"--format {fmt!r}: choose markdown or csv")
+    fmt = output_format(fmt, out)
     table, about = compare(left, right)
     text = to_csv(table) if fmt == "csv" else to_markdown(table, about)
     if out:

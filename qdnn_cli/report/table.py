@@ -398,3 +398,12 @@ def plot_budget(curves: dict, path: Path, title: str = "", axis: str = "epochs")
     ax.minorticks_off()
     _finish(fig, ax, path, BUDGET_AXES[axis], title or "accuracy against training budget")
     return drawn
+
+
+def output_format(fmt: str | None, out) -> str:
+    """--format as given, else what --out's name says (.csv: csv), else markdown; refuses others."""
+    if fmt is None:
+        fmt = "csv" if out is not None and str(out).lower().endswith(".csv") else "markdown"
+    if fmt not in ("markdown", "csv"):
+        raise ValueError(f"--format {fmt!r}: choose markdown or csv")
+    return fmt
