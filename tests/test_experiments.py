@@ -533,6 +533,9 @@ def test_budget_curves_of_different_variants_never_share_a_colour():
         assert styles[(v, 2)]["color"] == styles[(v, "w2a4")]["color"] == colours[v]
         assert styles[(v, 32)]["marker"] != styles[(v, 2)]["marker"]  # the most precise mode stands out
     assert styles[("dedicated", 2)]["linestyle"] != styles[(variants[0], 2)]["linestyle"]
+    # a variant that ran one mode only wears that mode's marker, not the FP mode's circle
+    alone = budget_curve_styles(keys + [("dedicated (FP start)", 2)])
+    assert alone[("dedicated (FP start)", 2)]["marker"] == alone[("dedicated", 2)]["marker"] != alone[("dedicated", 32)]["marker"]
 
 
 @pytest.mark.parametrize("trainer, passes", [

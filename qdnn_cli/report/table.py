@@ -350,16 +350,19 @@ def convergence_text(table: pd.DataFrame, fmt: str, axis: str = "epochs") -> str
 
 def budget_curve_styles(keys: list[tuple[str, int]]) -> dict:
     """Matplotlib styles for the (variant, mode) curves of :func:`plot_budget`: one colour
-    per variant (its modes share it, so a variant's pair reads as one), a filled circle for
-    its most precise mode and a triangle for the others, solid lines for quantizable models
-    and dashed for dedicated ones. Up to 20 variants get 20 different colours (matplotlib's
-    default cycle repeats after 10, which made two variants look like one)."""
+    per variant (its modes share it, so a variant's pair reads as one), one marker per mode
+    across the whole picture (a filled circle for the most precise mode drawn, a triangle for
+    the next, then square, diamond...), solid lines for quantizable models and dashed for
+    dedicated ones. A variant that ran only the 2-bit mode so gets the 2-bit marker, not the
+    circle that means FP everywhere else. Up to 20 variants get 20 different colours
+    (matplotlib's default cycle repeats after 10, which made two variants look like one)."""
     from matplotlib import colormaps
 
     variants = list(dict.fromkeys(v for v, _ in keys))
     palette = colormaps["tab10" if len(variants) <= 10 else "tab20"]
-    top = {v: sort_modes([m for w, m in keys if w == v], descending=True)[0] for v in variants}
-    return {(v, m): {"color": palette(variants.index(v) % palette.N), "marker": "o" if m == top[v] else "v",
+    modes = sort_modes(list(dict.fromkeys(m for _, m in keys)), descending=True)
+    markers = "ovsD^PX*<>"
+    return {(v, m): {"color": palette(variants.index(v) % palette.N), "marker": markers[modes.index(m) % len(markers)],
                      "linestyle": "-" if v.split(": ")[-1].startswith("quantizable") else "--"} for v, m in keys}
 
 
